@@ -1,0 +1,253 @@
+"""Typed run configuration: dataclass schemas, YAML presets, dotted overrides and clear errors.
+
+A run is described by one :class:`Config` (OmegaConf structured config). ``load_config`` merges, in
+order, the schema defaults, a YAML preset and ``key=value`` overrides from the command line; any key
+the schema does not know, or a value of the wrong type, raises :class:`ConfigError` with one line that
+names the key and what is accepted. The keys ``teacher.kind``, ``teacher.means``, ``teacher.stds``,
+``teacher.weights``, ``method.name``, ``method.divergence``, ``method.alpha``, ``train.steps``,
+``train.batch_size``, ``seed`` and ``output_dir`` are a public contract.
+
+``method`` is one flat section shared by all methods so that switching ``method.name`` alone switches
+the method; each method reads the fields it documents and the trainer warns about set fields the
+chosen method ignores.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message is one line meant for the user."""
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "gmm"  # gmm | unet | latent
+    # gmm: component means (K x d), isotropic stds (K), weights (K, normalised)
+    means: Any = None
+    stds: Any = None
+    weights: Any = None
+    conditional: bool = False  # gmm: condition on the component label (enables CFG)
+    # unet / latent: a local diffusers folder or a hub id
+    path: str | None = None
+    subfolder: str | None = None
+    dtype: str = "float32"  # frozen teacher precision: float32 | bfloat16 | float16
+    sample_nfe: int = 18  # teacher sampler steps used for sample grids / comparisons
+
+
+@dataclass
+class NetworkConfig:
+    """Student networks built from scratch (analytic teachers). Image teachers copy the teacher net."""
+
+    hidden: int = 256
+    depth: int = 4
+    sigma_data: float | None = None  # EDM preconditioning; None takes the teacher's data std
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dmd"
+    divergence: str = "rkl"  # fdistill, uni_instruct: any name in fdistill.divergences.names()
+    divergence_alpha: float = 0.5  # parameter of the 'alpha' divergence
+    alpha: float = 1.2  # sid: alpha of the SiD loss (0.5 = exact Fisher gradient, 1 = SIM-l2)
+    distance: str = "pseudo_huber"  # sim, di_star: pseudo_huber | l2
+    huber_c: float = 1.0  # sim, di_star: pseudo-Huber c (on the score difference)
+    normalize: bool = True  # DMD/SiD per-sample L1 normaliser 1/mean|x0 - D_p|
+    guidance: float = 1.0  # teacher CFG scale for the reference score, w = 1 means off
+    gan_weight: float = 0.0  # dmd, fdistill, uni_instruct: non-saturating GAN term on the generator
+    disc_features: str = "fake"  # discriminator head on 'fake' score or 'teacher' encoder features
+    disc_weight: float = 1.0  # weight of the discriminator BCE in the fake-score phase
+    logit_clip: float = 10.0  # fdistill/uni_instruct: |logit| clamp before r = exp(logit)
+    ratio_min: float = 0.1  # fdistill: r clip
+    ratio_max: float = 20.0
+    ratio_bins: int = 10  # fdistill: per-noise-level E_q[r]=1 normalisation (log-sigma bins; 0 = off)
+    ratio_ema: float = 0.0  # fdistill: EMA of the per-bin means (0 = current batch)
+    normalize_h: bool = True  # fdistill/uni_instruct: h / batch-mean(h)
+    alpha_rev: float = 0.0  # di_star: reward weight
+    alpha_cfg: float = 0.0  # di_star: CFG omega folded into the reference score (guidance = 1 + omega)
+    sigma: str | None = None  # generator sigma distribution; None = the method's paper default
+    fake_sigma: str = "lognormal"  # sigma distribution of the fake-score DSM loss
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "none"  # none | gmm_component | classifier | clip
+    component: int = 0  # gmm_component: reward = log N(x; mu_k, s_k^2 I) of this component
+    path: str | None = None  # classifier / clip weights
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr_generator: float = 1e-4
+    lr_fake: float = 1e-4
+    lr_disc: float = 1e-4
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    fake_updates: int = 1  # fake-score (and discriminator) updates per generator update
+    fake_warmup_steps: int = 0  # fake/discriminator-only steps before the generator starts
+    sigma_init: float = 2.5  # G(z) = D_theta(sigma_init z, sigma_init)
+    ema_decay: float = 0.999
+    grad_clip: float = 10.0  # max grad norm for every network; 0 = off
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    eval_every: int = 0  # proxy evaluation inside training; 0 = only at the end
+    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    num_eval_samples: int = 4096
+    num_workers: int = 0
+
+
+@dataclass
+class Config:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/default"
+    name: str = MISSING
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "teacher.kind": ("gmm", "unet", "latent"),
+    "teacher.dtype": ("float32", "bfloat16", "float16"),
+    "method.distance": ("pseudo_huber", "l2"),
+    "method.disc_features": ("fake", "teacher"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "reward.kind": ("none", "gmm_component", "classifier", "clip"),
+}
+
+
+def _keys(obj: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out += _keys(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
+    return out
+
+
+def known_keys() -> list[str]:
+    return _keys(Config())
+
+
+def _friendly(err: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = getattr(err, "msg", str(err)).splitlines()[0]
+    if "not in" in msg or "Missing key" in msg or "Key '" in msg:
+        keys = known_keys()
+        close = difflib.get_close_matches(key, keys, n=3)
+        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        siblings = [k[len(section) :] for k in keys if k.startswith(section) and "." not in k[len(section) :]]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return ConfigError(
+            f"{where}: unknown config key '{key}'.{hint} Accepted in this section: {', '.join(siblings)}"
+        )
+    return ConfigError(f"{where}: bad value for '{key}': {msg}")
+
+
+def _validate(cfg: Config) -> None:
+    from fdistill import divergences, methods
+
+    for key, accepted in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value not in accepted:
+            raise ConfigError(f"{key}={value!r} is not accepted; choose one of: {', '.join(accepted)}")
+    if cfg.method.name not in methods.names():
+        raise ConfigError(
+            f"method.name={cfg.method.name!r} is unknown; registered methods: {', '.join(methods.names())}"
+        )
+    if cfg.method.divergence not in divergences.names():
+        raise ConfigError(
+            f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
+        )
+    for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.fake_updates"):
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    if cfg.train.sigma_init <= 0:
+        raise ConfigError(f"train.sigma_init={cfg.train.sigma_init} must be > 0")
+    if cfg.method.sigma is not None:
+        from fdistill.noise import SigmaSampler
+
+        if cfg.method.sigma not in SigmaSampler.KINDS:
+            raise ConfigError(f"method.sigma={cfg.method.sigma!r}; choose one of: {', '.join(SigmaSampler.KINDS)}")
+    if cfg.teacher.kind == "gmm":
+        _validate_gmm(cfg.teacher)
+
+
+def _validate_gmm(t: TeacherConfig) -> None:
+    if t.means is None:
+        raise ConfigError("teacher.kind=gmm needs teacher.means, a list of points, e.g. teacher.means=[[0,0],[2,2]]")
+    try:
+        means = [[float(v) for v in m] for m in t.means]
+    except (TypeError, ValueError):
+        raise ConfigError(f"teacher.means must be a list of points (lists of numbers), got {t.means!r}") from None
+    k, dims = len(means), {len(m) for m in means}
+    if k == 0 or len(dims) != 1:
+        raise ConfigError(f"teacher.means must hold K >= 1 points of one dimension, got dimensions {sorted(dims)}")
+    for key in ("stds", "weights"):
+        value = getattr(t, key)
+        if value is not None and (
+            not isinstance(value, (list, tuple)) and not OmegaConf.is_list(value) or len(value) != k
+        ):
+            raise ConfigError(f"teacher.{key} must be a list of {k} numbers (one per component), got {value!r}")
+    if t.stds is not None and any(float(s) <= 0 for s in t.stds):
+        raise ConfigError(f"teacher.stds must be positive, got {list(t.stds)}")
+    if t.weights is not None and (any(float(w) < 0 for w in t.weights) or sum(float(w) for w in t.weights) <= 0):
+        raise ConfigError(f"teacher.weights must be non-negative with a positive sum, got {list(t.weights)}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults <- YAML preset ``path`` <- ``key=value`` overrides, validated."""
+    base = OmegaConf.structured(Config)
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            layers.append((str(p), OmegaConf.load(p)))
+        except Exception as e:  # yaml errors
+            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=500)")
+        try:
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
+    merged = base
+    for where, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise _friendly(e, where) from None
+    if OmegaConf.is_missing(merged, "name"):
+        merged.name = Path(path).stem if path is not None else "run"
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise _friendly(e, "config") from None
+    _validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))

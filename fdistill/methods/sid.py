@@ -1,0 +1,48 @@
+"""Score identity Distillation (Zhou et al., ICML 2024), ALGORITHMS.md §2.4.
+
+Per-sample loss ``(D_p - D_q) . ((D_p - x0) - alpha (D_p - D_q)) / wf`` with ``wf = sg(mean|x0 - D_p|)``
+and the frozen networks differentiated through ``x_t``. In score form this is
+``sigma^4 [u.(s_q - grad log q(x_t|x0)) + (1 - alpha) |u|^2] / wf`` with ``u = s_p - s_q``:
+``alpha = 0.5`` is the exact Fisher-divergence gradient, ``alpha = 1`` freezes the sampling
+distribution (= SIM with ``d = |.|^2``, up to a factor 2). Samples with non-finite values are dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_normalizer, register, sum_chw
+from fdistill.noise import SigmaSampler, append_dims
+
+
+def frozen_denoisers(b: GeneratorInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, D_p, D_q)`` with gradients flowing through ``x_t`` into both frozen networks."""
+    x_t = b.x_t
+    return x_t, b.teacher(x_t, b.sigma, b.cond), b.fake(x_t, b.sigma, b.cond)
+
+
+def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    """Per-sample mask of rows whose values are all finite (SiD's NaN-sample dropping)."""
+    mask = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        mask &= torch.isfinite(t.detach()).flatten(1).all(1)
+    return mask
+
+
+def sid_weight(b: GeneratorInputs, d_p: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return l1_normalizer(b.x0, d_p) if normalize else torch.ones_like(b.x0)
+
+
+@register
+class SiD(Method):
+    name = "sid"
+    default_sigma = SigmaSampler("karras", t_max=0.8)
+    uses = ("alpha", "normalize", "guidance", "sigma")
+
+    def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
+        _, d_p, d_q = frozen_denoisers(b)
+        keep = finite_rows(b.x0, d_p, d_q)
+        diff = d_p - d_q
+        per_pixel = diff * ((d_p - b.x0) - self.cfg.alpha * diff) / sid_weight(b, d_p, self.cfg.normalize)
+        loss = sum_chw(torch.where(append_dims(keep, per_pixel.ndim), per_pixel, 0.0))
+        return MethodOutput(torch.where(keep, loss, 0.0), {"dropped": (~keep).sum().float()})

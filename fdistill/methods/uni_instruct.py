@@ -1,0 +1,77 @@
+"""Uni-Instruct (Wang et al., NeurIPS 2025, arXiv 2505.20755): expanded f-divergence, ALGORITHMS.md §2.7.
+
+``D_f(p_0 || q_0) = int 1/2 g^2 E_{q_t}[h(r_t) |s_p - s_q|^2] dt``. Its exact tractable surrogate at one
+sigma, with ``u = s_p - s_q`` and the density ratio ``r = exp(logit(x_t))`` differentiated through
+``x_t`` (networks and discriminator frozen), is
+
+    (h(r) - r h'(r)) |u|^2 + 2 h(r) u . (s_q - grad log q(x_t | x0)).
+
+Written in denoiser form and weighted by ``sigma^4 / wf`` like SiD:
+``[(h - r h') |D_p - D_q|^2 + 2 h (D_p - D_q).(D_q - x0)] / wf``. With ``rkl`` (h = 1) this is exactly
+twice SiD with ``alpha = 0.5`` (the Fisher divergence). ``normalize_h`` divides h and r h' by the
+(stop-gradient) batch mean of h: a positive per-batch constant that keeps the scale of the RKL case.
+The released code's batch-mean "ratio" is not reproduced (see ALGORITHMS.md §2.7 caveat).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fdistill import divergences
+from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, gan_generator_loss, register, sum_chw
+from fdistill.methods.sid import finite_rows, frozen_denoisers, sid_weight
+from fdistill.noise import SigmaSampler
+
+
+@register
+class UniInstruct(Method):
+    name = "uni_instruct"
+    default_sigma = SigmaSampler("karras", t_max=0.8)
+    uses = (
+        "divergence", "divergence_alpha", "normalize", "guidance", "gan_weight", "disc_features", "disc_weight",
+        "logit_clip", "ratio_min", "ratio_max", "normalize_h", "sigma",
+    )  # fmt: skip
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        params = {"alpha": cfg.divergence_alpha} if cfg.divergence == "alpha" else {}
+        self.divergence = divergences.get(cfg.divergence, **params)
+
+    @property
+    def needs_discriminator(self) -> bool:
+        return self.cfg.divergence != "rkl" or self.cfg.gan_weight > 0
+
+    def ratio_weights(self, b: GeneratorInputs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``h(r)`` and ``h(r) - r h'(r)``, differentiable in ``x_t`` through the discriminator."""
+        if self.cfg.divergence == "rkl":
+            one = torch.ones(b.x0.shape[0], device=b.x0.device)
+            return one, one, {}
+        assert b.logit is not None, f"uni_instruct with {self.cfg.divergence!r} needs a discriminator"
+        # clamp (not clip-with-zero-gradient) the logit; r itself is clipped to the configured range
+        logit = b.logit(b.x_t, b.sigma, b.cond).float().clamp(-self.cfg.logit_clip, self.cfg.logit_clip)
+        r = logit.exp().clamp(self.cfg.ratio_min, self.cfg.ratio_max)
+        h = self.divergence.h(r)
+        h_lin = h - r * self.divergence.h_prime(r)
+        if self.cfg.normalize_h:
+            with torch.no_grad():
+                total = b.all_reduce_sum(torch.stack([h.sum(), torch.tensor(float(h.numel()), device=h.device)]))
+                scale = total[0] / total[1] + 1e-6
+            h, h_lin = h / scale, h_lin / scale
+        return h, h_lin, {"h_mean": h.detach().mean(), "r_mean": r.detach().mean()}
+
+    def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
+        _, d_p, d_q = frozen_denoisers(b)
+        keep = finite_rows(b.x0, d_p, d_q)
+        h, h_lin, logs = self.ratio_weights(b)
+        wf = sid_weight(b, d_p, self.cfg.normalize)
+        diff = d_p - d_q
+        fisher = sum_chw(diff**2 / wf)  # sigma^4 |u|^2 / wf
+        cross = sum_chw(diff * (d_q - b.x0) / wf)  # sigma^4 u.(s_q - grad log q(x_t|x0)) / wf
+        loss = h_lin.to(fisher.dtype) * fisher + 2 * h.to(cross.dtype) * cross
+        if self.cfg.gan_weight > 0:
+            gan = gan_generator_loss(b)
+            loss = loss + self.cfg.gan_weight * gan
+            logs["gan_loss"] = gan.mean().detach()
+        logs["fisher"] = fisher.detach().mean()
+        return MethodOutput(torch.where(keep, loss, 0.0), logs)
