@@ -43,6 +43,14 @@ class TeacherConfig:
 
 
 @dataclass
+class DataConfig:
+    """Real data for the discriminator (image teachers); analytic teachers sample their own."""
+
+    name: str = "fashion_mnist"  # fashion_mnist | mnist5k
+    root: str | None = None  # folder with the IDX files; None = the Debian package's location
+
+
+@dataclass
 class NetworkConfig:
     """Student networks built from scratch (analytic teachers). Image teachers copy the teacher net."""
 
@@ -113,6 +121,7 @@ class TrainConfig:
 class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

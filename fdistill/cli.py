@@ -1,0 +1,106 @@
+"""The ``fdistill`` command: distill | train-teacher | eval | report | sample | demo | bench.
+
+Works as ``fdistill distill CONFIG key=value ...`` and as
+``accelerate launch -m fdistill distill CONFIG key=value ...`` (one GPU, DDP or FSDP via
+``accelerate config``; templates in ``configs/accelerate/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DISTILL_EPILOG = """\
+overrides are dotted key=value pairs applied on top of CONFIG, e.g.
+  fdistill distill configs/gmm8.yaml method.name=fdistill method.divergence=js train.steps=2000
+
+sections and their main keys (see fdistill/config.py for every key and its default):
+  teacher.*  kind (gmm|unet|latent), means, stds, weights, conditional, path, dtype, sample_nfe
+  method.*   name (di|dmd|sid|sim|fdistill|uni_instruct|di_star), divergence (rkl|kl|js|sh|jf|sf|neyman|
+             pearson|alpha), alpha (SiD), huber_c, gan_weight, disc_features (fake|teacher), guidance,
+             ratio_bins, normalize_h, alpha_rev, alpha_cfg, sigma
+  train.*    steps, batch_size, grad_accum, lr_generator, lr_fake, lr_disc, fake_updates, fake_warmup_steps,
+             sigma_init, ema_decay, grad_clip, mixed_precision (no|bf16|fp16), checkpoint_every, log_every
+  reward.*   kind (none|gmm_component), component
+  seed, output_dir
+
+the run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,
+samples.png and metrics.json; `--resume latest` continues a killed run exactly where it stopped.
+"""
+
+
+def _distill(argv: list[str]) -> int:
+    from fdistill.config import ConfigError, load_config, to_yaml
+
+    p = argparse.ArgumentParser(
+        prog="fdistill distill",
+        description="Distill a teacher diffusion model into a one-step generator with any registered method.",
+        epilog=DISTILL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML preset, e.g. configs/gmm8.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides (default: none)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (default: start fresh)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    args = p.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"fdistill: config error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    from fdistill.train.distill import NonFiniteError, distill
+
+    try:
+        run_dir = distill(cfg, resume=args.resume)
+    except (NonFiniteError, FileNotFoundError) as e:
+        print(f"fdistill: {e}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _delegate(module: str) -> callable:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(argv) or 0)
+
+    return run
+
+
+COMMANDS = {
+    "distill": (_distill, "distill a teacher into a one-step generator"),
+    "train-teacher": (_delegate("fdistill.train.teacher"), "train an image teacher by denoising score matching"),
+    "eval": (_delegate("fdistill.evaluate"), "FID/KID/precision/recall of a student, folder or .npz"),
+    "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
+    "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),
+    "demo": (_delegate("fdistill.demo"), "serve the Gradio demo of a one-step student"),
+    "bench": (_delegate("fdistill.bench"), "benchmarks (gmm: every method on mixtures)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "matplotlib", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
+        msg = f"usage: fdistill COMMAND [options]  (fdistill COMMAND --help for each)\n\ncommands:\n{lines}\n"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"fdistill: unknown command {argv[0]!r}\n\n{msg}", file=sys.stderr)
+            return 2
+        print(msg)
+        return 0
+    fn, _ = COMMANDS[argv[0]]
+    return fn(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

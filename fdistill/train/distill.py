@@ -1,0 +1,407 @@
+"""The distillation trainer: one loop for every registered method (DESIGN.md "one distillation step").
+
+Per iteration:
+1. **Fake-score phase** (``train.fake_updates`` times): generator samples ``x_g = G(z)`` without
+   gradients, EDM denoising score matching of the fake denoiser ``D_q`` on them (ALGORITHMS.md §1.3);
+   where the method needs a density ratio or a GAN term, the discriminator is trained in the same phase
+   with BCE on real vs generated samples noised with the same sigma and noise (SiDA), its loss also
+   reaching the fake-score backbone when the head sits on fake-score features (DMD2).
+2. **Generator phase** (from ``train.fake_warmup_steps`` on): ``x0 = G(z)``, ``sigma`` from the
+   method's distribution, the method's per-sample loss with the teacher, the fake score and the
+   discriminator frozen (parameters frozen, differentiable in their input), then clip, step, EMA.
+
+Gradient accumulation runs ``train.grad_accum`` micro-batches per update for every network, syncing
+DDP gradients on the last one only. Every random draw of iteration ``k`` comes from a generator seeded
+by ``(seed, k, process)``, so ``--resume latest`` continues bit-for-bit. Non-finite losses or gradients
+skip the update (nothing is written), are counted and stop the run after ``train.max_nonfinite`` in a
+row with a message naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fdistill import methods
+from fdistill.config import Config, MethodConfig, save_config
+from fdistill.generator import OneStepGenerator
+from fdistill.methods.base import GeneratorInputs, Method
+from fdistill.nets.discriminator import DiscriminatorHead
+from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss
+from fdistill.rewards import build_reward
+from fdistill.teachers import Teacher, build_teacher
+from fdistill.train.checkpoint import TrainState, list_checkpoints, resolve_resume, save_checkpoint
+from fdistill.train.ema import EMA
+from fdistill.train.metrics_log import MetricsLog
+
+log = logging.getLogger("fdistill")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after ``train.max_nonfinite`` consecutive non-finite steps."""
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Temporarily stop parameter gradients of ``modules`` (inputs stay differentiable)."""
+    saved = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def warn_ignored_method_fields(cfg: MethodConfig, method: Method) -> list[str]:
+    """Names of ``method.*`` fields set away from their defaults that the chosen method does not read."""
+    default = MethodConfig()
+    ignored = [
+        f.name
+        for f in fields(MethodConfig)
+        if f.name not in (*method.uses, "name", "fake_sigma") and getattr(cfg, f.name) != getattr(default, f.name)
+    ]
+    if ignored:
+        log.warning("method %s ignores: %s", cfg.name, ", ".join(f"method.{n}" for n in ignored))
+    return ignored
+
+
+class RealData:
+    """Samples of the teacher's data distribution, drawn with an explicit generator (resumable)."""
+
+    def __init__(self, cfg: Config, teacher: Teacher) -> None:
+        self.teacher = teacher
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        if cfg.teacher.kind != "gmm":
+            from fdistill.data import load_dataset
+
+            ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train")
+            self.images, self.labels = ds.images, ds.labels
+
+    def sample(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        if self.images is None:
+            cond = self.teacher.sample_labels(n, gen, "cpu")
+            x = self.teacher.sample_data(n, cond, gen, "cpu")
+            return x.to(device), None if cond is None else cond.to(device)
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=gen)
+        cond = self.labels[idx].to(device) if self.teacher.num_classes else None
+        return self.images[idx].to(device), cond
+
+
+@dataclass
+class Networks:
+    generator: nn.Module
+    fake: nn.Module
+    discriminator: DiscriminatorHead | None
+
+
+def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
+    """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
+    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init)
+    fake = teacher.make_network()
+    disc = None
+    if method.needs_discriminator:
+        source = fake if cfg.method.disc_features == "fake" else teacher
+        probe_x = torch.zeros(2, *teacher.sample_shape)
+        probe_c = teacher.sample_labels(2)
+        with torch.no_grad():
+            feats = source.features(probe_x, torch.ones(2), probe_c)
+        disc = DiscriminatorHead.for_features(feats)
+    return Networks(generator, fake, disc)
+
+
+def _step_generator(seed: int, step: int, phase: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + phase) * 65_537 + rank)
+
+
+def _grads_finite(module: nn.Module | None) -> bool:
+    if module is None:
+        return True
+    return all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+
+
+class Distiller:
+    """Holds the networks, optimizers and state of one distillation run; :meth:`run` is the loop."""
+
+    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        tc = cfg.train
+        self.accelerator = Accelerator(
+            mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(self.run_dir)
+        )
+        acc = self.accelerator
+        set_seed(cfg.seed)
+        self.teacher = build_teacher(cfg).to(acc.device).eval().requires_grad_(False)
+        self.method = methods.build(cfg.method).to(acc.device)
+        warn_ignored_method_fields(cfg.method, self.method)
+        self.sigma_gen = SigmaSampler(cfg.method.sigma) if cfg.method.sigma else self.method.default_sigma
+        self.sigma_fake = SigmaSampler(cfg.method.fake_sigma)
+        self.reward = build_reward(cfg, self.teacher)
+        self.real = RealData(cfg, self.teacher) if self.method.needs_discriminator else None
+
+        nets = build_networks(cfg, self.teacher, self.method)
+        self.ema = EMA(nets.generator, tc.ema_decay).to(acc.device)
+        betas = (tc.adam_beta1, tc.adam_beta2)
+        opt_g = torch.optim.AdamW(nets.generator.parameters(), tc.lr_generator, betas, weight_decay=tc.weight_decay)
+        opt_f = torch.optim.AdamW(nets.fake.parameters(), tc.lr_fake, betas, weight_decay=tc.weight_decay)
+        if nets.discriminator is not None:
+            opt_d = torch.optim.AdamW(nets.discriminator.parameters(), tc.lr_disc, betas, weight_decay=tc.weight_decay)
+            self.generator, self.fake, self.disc, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
+                nets.generator, nets.fake, nets.discriminator, opt_g, opt_f, opt_d
+            )
+        else:
+            self.generator, self.fake, self.opt_g, self.opt_f = acc.prepare(nets.generator, nets.fake, opt_g, opt_f)
+            self.disc, self.opt_d = None, None
+        self.state = TrainState()
+        acc.register_for_checkpointing(self.ema, self.method, self.state)
+
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        ckpt = resolve_resume(self.run_dir, resume)
+        if ckpt is not None:
+            acc.load_state(str(ckpt))
+            log.info("resumed from %s at step %d", ckpt, self.state.step)
+        self.metrics = MetricsLog(acc, self.run_dir)
+
+    # ---- pieces of one iteration --------------------------------------------------------------
+
+    def _noise(self, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=gen).to(self.accelerator.device)
+
+    def _latents(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        z = self._noise((n, *self.teacher.sample_shape), gen)
+        cond = self.teacher.sample_labels(n, gen, "cpu")
+        return z, None if cond is None else cond.to(self.accelerator.device)
+
+    def _disc_logit(self, disc: nn.Module, fake_net: nn.Module):
+        source = fake_net if self.cfg.method.disc_features == "fake" else self.teacher
+
+        def logit(x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+            return disc(source.features(x_t, sigma, cond), sigma)
+
+        return logit
+
+    def _teacher_fn(self):
+        w = self.method.teacher_guidance
+
+        def denoise(x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+            return self.teacher.denoise(x_t, sigma, cond, guidance=w)
+
+        return denoise
+
+    def fake_phase(self, step: int, k: int) -> dict[str, Tensor]:
+        acc, tc = self.accelerator, self.cfg.train
+        micro = tc.batch_size // tc.grad_accum
+        logs: dict[str, Tensor] = {}
+        modules = [m for m in (self.fake, self.disc) if m is not None]
+        for i in range(tc.grad_accum):
+            gen = _step_generator(self.cfg.seed, step, 1 + 2 * k + i * 1000, acc.process_index)
+            z, cond = self._latents(micro, gen)
+            sync = i == tc.grad_accum - 1
+            ctx = contextlib.ExitStack()
+            if not sync:
+                for m in modules:
+                    ctx.enter_context(acc.no_sync(m))
+            with ctx, acc.autocast():
+                with torch.no_grad():
+                    x_g = self.generator(z, cond).float()
+                sigma = self.sigma_fake(micro, gen).to(acc.device)
+                eps = self._noise(x_g.shape, gen)
+                loss_fake = denoising_score_matching_loss(
+                    lambda x, s: self.fake(x, s, cond), x_g, sigma, eps, self.teacher.sigma_data
+                ).mean()
+                loss = loss_fake
+                logs["loss/fake"] = loss_fake.detach()
+                if self.disc is not None:
+                    loss_d, dlogs = self._discriminator_loss(x_g, cond, micro, gen)
+                    loss = loss + self.cfg.method.disc_weight * loss_d
+                    logs.update(dlogs)
+                acc.backward(loss / tc.grad_accum)
+        return logs
+
+    def _discriminator_loss(self, x_g: Tensor, cond: Tensor | None, n: int, gen: torch.Generator):
+        """BCE on real vs generated samples noised with the same sigma and eps, in one forward of the
+        (possibly DDP-wrapped) head; features from the fake score reach its backbone (DMD2)."""
+        acc = self.accelerator
+        x_real, cond_real = self.real.sample(n, gen, acc.device)
+        sigma = self.sigma_gen(n, gen).to(acc.device).repeat(2)
+        eps = self._noise(x_g.shape, gen).repeat(2, *([1] * (x_g.ndim - 1)))
+        x_t = torch.cat([x_real, x_g]) + append_dims(sigma, x_g.ndim) * eps
+        both = None if cond is None else torch.cat([cond_real, cond])
+        source = acc.unwrap_model(self.fake) if self.cfg.method.disc_features == "fake" else self.teacher
+        logits = self.disc(source.features(x_t, sigma, both), sigma)
+        l_real, l_fake = logits[:n], logits[n:]
+        loss = self.method.discriminator_loss(l_real, l_fake).mean()
+        return loss, {"loss/disc": loss.detach(), "disc/logit_real": l_real.mean().detach(),
+                      "disc/logit_fake": l_fake.mean().detach()}  # fmt: skip
+
+    def generator_phase(self, step: int) -> dict[str, Tensor]:
+        acc, tc = self.accelerator, self.cfg.train
+        micro = tc.batch_size // tc.grad_accum
+        fake_raw = acc.unwrap_model(self.fake)
+        disc_raw = acc.unwrap_model(self.disc) if self.disc is not None else None
+        logs: dict[str, Tensor] = {}
+        for i in range(tc.grad_accum):
+            gen = _step_generator(self.cfg.seed, step, i * 1000, acc.process_index)
+            z, cond = self._latents(micro, gen)
+            sync = i == tc.grad_accum - 1
+            ctx = contextlib.nullcontext() if sync else acc.no_sync(self.generator)
+            with ctx, acc.autocast(), frozen(fake_raw, disc_raw):
+                x0 = self.generator(z, cond)
+                sigma = self.sigma_gen(micro, gen).to(acc.device)
+                inputs = GeneratorInputs(
+                    x0=x0,
+                    sigma=sigma,
+                    eps=self._noise(x0.shape, gen),
+                    teacher=self._teacher_fn(),
+                    fake=lambda x, s, c: fake_raw(x, s, c),
+                    cond=cond,
+                    logit=self._disc_logit(disc_raw, fake_raw) if disc_raw is not None else None,
+                    reward=self.reward,
+                    all_reduce_sum=self._all_reduce_sum,
+                )
+                out = self.method.generator_loss(inputs)
+                loss = out.loss.float().mean()
+                acc.backward(loss / tc.grad_accum)
+            logs["loss/generator"] = loss.detach()
+            logs.update({f"method/{k}": v for k, v in out.logs.items()})
+        return logs
+
+    def _all_reduce_sum(self, x: Tensor) -> Tensor:
+        return self.accelerator.reduce(x, "sum") if self.accelerator.num_processes > 1 else x
+
+    def _finite_everywhere(self, ok: bool) -> bool:
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.accelerator.device)
+        return bool(self._all_reduce_sum(flag).item() == 0)
+
+    def _apply(self, optimizers, modules, logs: dict, tag: str) -> bool:
+        """Clip, check finiteness on every process, step (or skip) and zero the gradients."""
+        acc = self.accelerator
+        ok = all(_grads_finite(acc.unwrap_model(m)) for m in modules) and all(
+            torch.isfinite(v).all() for k, v in logs.items() if k.startswith("loss/")
+        )
+        ok = self._finite_everywhere(ok)
+        if ok:
+            for m in modules:
+                if self.cfg.train.grad_clip > 0:
+                    norm = acc.clip_grad_norm_(m.parameters(), self.cfg.train.grad_clip)
+                    logs[f"grad_norm/{tag}"] = norm
+            for opt in optimizers:
+                opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return ok
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        acc, tc, st = self.accelerator, self.cfg.train, self.state
+        acc.init_trackers("fdistill", config=_flat_hparams(self.cfg))
+        bar = tqdm(total=tc.steps, initial=st.step, disable=not acc.is_local_main_process, desc="distill",
+                   dynamic_ncols=True)  # fmt: skip
+        consecutive_bad, t0, s0 = 0, time.perf_counter(), st.step
+        while st.step < tc.steps:
+            step = st.step
+            torch.manual_seed(_step_generator(self.cfg.seed, step, 99, acc.process_index).initial_seed())
+            logs: dict = {}
+            ok = True
+            for k in range(tc.fake_updates):
+                flogs = self.fake_phase(step, k)
+                fake_mods = [m for m in (self.fake, self.disc) if m is not None]
+                fake_opts = [o for o in (self.opt_f, self.opt_d) if o is not None]
+                ok &= self._apply(fake_opts, fake_mods, flogs, "fake")
+                logs.update(flogs)
+            if step >= tc.fake_warmup_steps:
+                glogs = self.generator_phase(step)
+                g_ok = self._apply([self.opt_g], [self.generator], glogs, "generator")
+                if g_ok:
+                    self.ema.update(acc.unwrap_model(self.generator))
+                ok &= g_ok
+                logs.update(glogs)
+            st.step += 1
+            st.images_seen += tc.batch_size * acc.num_processes
+            if ok:
+                consecutive_bad = 0
+            else:
+                consecutive_bad += 1
+                st.nonfinite_total += 1
+                log.warning("non-finite loss or gradient at step %d: update skipped (%d in a row)", step,
+                            consecutive_bad)  # fmt: skip
+                if consecutive_bad >= tc.max_nonfinite:
+                    last = list_checkpoints(self.run_dir)
+                    where = str(last[-1]) if last else "none yet"
+                    acc.end_training()
+                    raise NonFiniteError(
+                        f"{consecutive_bad} non-finite steps in a row at step {step}; nothing was saved from them. "
+                        f"Last good checkpoint: {where}. Lower the learning rates, use mixed_precision=bf16 "
+                        f"instead of fp16, or enable train.grad_clip."
+                    )
+            bar.update(1)
+            if st.step % tc.log_every == 0 or st.step == tc.steps:
+                rate = (st.step - s0) / max(time.perf_counter() - t0, 1e-9)
+                row = self.metrics.log(st.step, {**logs, "steps_per_s": rate, "images_seen": st.images_seen,
+                                                 "nonfinite_total": st.nonfinite_total})  # fmt: skip
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")})
+            if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
+                self.evaluate(final=False)
+            if st.step % tc.checkpoint_every == 0 or st.step == tc.steps:
+                save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
+        bar.close()
+        self.evaluate(final=True)
+        acc.end_training()
+        return self.run_dir
+
+    # ---- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_student(self, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
+        gen = torch.Generator().manual_seed(seed)
+        z, cond = self._latents(n, gen)
+        return self.ema.model(z, cond).float(), cond
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        from fdistill.train.run_eval import evaluate_run
+
+        if not self.accelerator.is_main_process:
+            return {}
+        result = evaluate_run(self, final)
+        self.metrics.log(self.state.step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
+        if final:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+def _flat_hparams(cfg: Config) -> dict:
+    from omegaconf import OmegaConf
+
+    flat = {}
+
+    def walk(prefix: str, node) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix + k] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return flat
+
+
+def distill(cfg: Config, resume: str | None = None) -> Path:
+    """Run (or resume) a distillation described by ``cfg``; returns the run directory."""
+    return Distiller(cfg, resume).run()
