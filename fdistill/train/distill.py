@@ -253,8 +253,7 @@ class Distiller:
     def generator_phase(self, step: int) -> dict[str, Tensor]:
         acc, tc = self.accelerator, self.cfg.train
         micro = tc.batch_size // tc.grad_accum
-        fake_raw = acc.unwrap_model(self.fake)
-        disc_raw = acc.unwrap_model(self.disc) if self.disc is not None else None
+        fake_raw, disc_raw = self._frozen_view(self.fake), self._frozen_view(self.disc)
         logs: dict[str, Tensor] = {}
         for i in range(tc.grad_accum):
             gen = _step_generator(self.cfg.seed, step, i * 1000, acc.process_index)
@@ -281,6 +280,16 @@ class Distiller:
             logs["loss/generator"] = loss.detach()
             logs.update({f"method/{k}": v for k, v in out.logs.items()})
         return logs
+
+    def _frozen_view(self, module: nn.Module | None) -> nn.Module | None:
+        """The module to call with frozen parameters in the generator step: the unwrapped one under DDP
+        (a DDP forward would expect gradients for its parameters), the wrapper itself under FSDP (its
+        forward gathers the sharded parameters)."""
+        if module is None:
+            return None
+        from accelerate.utils import DistributedType
+
+        return module if self.accelerator.distributed_type == DistributedType.FSDP else self.accelerator.unwrap_model(module)
 
     def _all_reduce_sum(self, x: Tensor) -> Tensor:
         return self.accelerator.reduce(x, "sum") if self.accelerator.num_processes > 1 else x
