@@ -6,3 +6,4 @@ them all. See ``shared/ALGORITHMS.md`` for the notation used throughout.
 """
 
 __version__ = "0.1.0"
+

@@ -115,8 +115,9 @@ def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
     disc = None
     if method.needs_discriminator:
         source = fake if cfg.method.disc_features == "fake" else teacher
-        probe_x = torch.zeros(2, *teacher.sample_shape)
-        probe_c = teacher.sample_labels(2)
+        device = next(iter(source.buffers()), next(source.parameters(), torch.zeros(0))).device
+        probe_x = torch.zeros(2, *teacher.sample_shape, device=device)
+        probe_c = teacher.sample_labels(2, device=device)
         with torch.no_grad():
             feats = source.features(probe_x, torch.ones(2), probe_c)
         disc = DiscriminatorHead.for_features(feats)
@@ -289,7 +290,11 @@ class Distiller:
             return None
         from accelerate.utils import DistributedType
 
-        return module if self.accelerator.distributed_type == DistributedType.FSDP else self.accelerator.unwrap_model(module)
+        return (
+            module
+            if self.accelerator.distributed_type == DistributedType.FSDP
+            else self.accelerator.unwrap_model(module)
+        )
 
     def _all_reduce_sum(self, x: Tensor) -> Tensor:
         return self.accelerator.reduce(x, "sum") if self.accelerator.num_processes > 1 else x
@@ -324,6 +329,8 @@ class Distiller:
         bar = tqdm(total=tc.steps, initial=st.step, disable=not acc.is_local_main_process, desc="distill",
                    dynamic_ncols=True)  # fmt: skip
         consecutive_bad, t0, s0 = 0, time.perf_counter(), st.step
+        if st.step == 0 and tc.eval_every:
+            self.evaluate(final=False)  # the starting point, to measure improvement against
         while st.step < tc.steps:
             step = st.step
             torch.manual_seed(_step_generator(self.cfg.seed, step, 99, acc.process_index).initial_seed())

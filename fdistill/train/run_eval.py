@@ -31,6 +31,8 @@ def evaluate_run(distiller, final: bool) -> dict:
         )
     else:
         result.update(_image_metrics(distiller, samples, cond, final))
+        if final:
+            export_image_student(distiller, result)
     result["eval_seconds"] = time.perf_counter() - t0
     return result
 
@@ -54,3 +56,27 @@ def _image_metrics(distiller, samples: torch.Tensor, cond, final: bool) -> dict:
     distiller._proxy_fid = scorer
     out["proxy_fid"] = float(scorer.score(samples))
     return out
+
+
+def export_image_student(distiller, result: dict) -> None:
+    """Write the EMA generator as a one-step diffusers pipeline in ``RUN_DIR/student``."""
+    from fdistill.pipeline import export_student
+
+    cfg = distiller.cfg
+    card = {
+        "title": f"fdistill one-step student ({cfg.method.name})",
+        "teacher": f"{cfg.teacher.kind}:{cfg.teacher.path}",
+        "method": cfg.method.name,
+        "divergence": cfg.method.divergence if cfg.method.name in ("fdistill", "uni_instruct") else "n/a",
+        "NFE": 1,
+        "sigma_init": cfg.train.sigma_init,
+        "steps": distiller.state.step,
+        "images_seen": distiller.state.images_seen,
+        "batch_size": cfg.train.batch_size,
+        "lr_generator": cfg.train.lr_generator,
+        "lr_fake": cfg.train.lr_fake,
+        "proxy_fid (classifier features, NOT Inception FID)": result.get("proxy_fid", "not measured"),
+        "config": "config.yaml in the run directory",
+    }
+    names = getattr(distiller.teacher, "class_names", None)
+    export_student(distiller.ema.model.net, cfg.train.sigma_init, distiller.run_dir / "student", names, card)
