@@ -224,7 +224,7 @@ class Distiller:
                 sigma = self.sigma_fake(micro, gen).to(acc.device)
                 eps = self._noise(x_g.shape, gen)
                 loss_fake = denoising_score_matching_loss(
-                    lambda x, s: self.fake(x, s, cond), x_g, sigma, eps, self.teacher.sigma_data
+                    lambda x, s, c=cond: self.fake(x, s, c), x_g, sigma, eps, self.teacher.sigma_data
                 ).mean()
                 loss = loss_fake
                 logs["loss/fake"] = loss_fake.detach()
