@@ -105,6 +105,7 @@ class TrainConfig:
     fake_updates: int = 1  # fake-score (and discriminator) updates per generator update
     fake_warmup_steps: int = 0  # fake/discriminator-only steps before the generator starts
     sigma_init: float = 2.5  # G(z) = D_theta(sigma_init z, sigma_init)
+    generator_input: str = "ve"  # ve: x_in = sigma_init z; vp: x_in = sqrt(1 + sigma_init^2) z (SD students)
     ema_decay: float = 0.999
     grad_clip: float = 10.0  # max grad norm for every network; 0 = off
     mixed_precision: str = "no"  # no | bf16 | fp16
@@ -136,6 +137,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.distance": ("pseudo_huber", "l2"),
     "method.disc_features": ("fake", "teacher"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.generator_input": ("ve", "vp"),
     "reward.kind": ("none", "gmm_component", "classifier", "clip"),
 }
 

@@ -110,7 +110,7 @@ class Networks:
 
 def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
     """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
-    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init)
+    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input)
     fake = teacher.make_network()
     disc = None
     if method.needs_discriminator:
