@@ -34,10 +34,14 @@ class OneStepPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, sigma_init: float = 2.5, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, unet, sigma_init: float = 2.5, class_names: Sequence[str] | None = None, input_scaling: str = "ve"
+    ) -> None:
         super().__init__()
         self.register_modules(unet=unet)
-        self.register_to_config(sigma_init=float(sigma_init), class_names=list(class_names or []))
+        self.register_to_config(
+            sigma_init=float(sigma_init), class_names=list(class_names or []), input_scaling=input_scaling
+        )
 
     @property
     def num_classes(self) -> int:
@@ -84,7 +88,8 @@ class OneStepPipeline(DiffusionPipeline):
         z = torch.randn(shape, generator=gen)
         device, dtype = self.unet.device, self.unet.dtype
         sigma = self.config.sigma_init
-        x = self.unet((sigma * z).to(device, dtype), torch.full((batch_size,), sigma, device=device),
+        scale = sigma if self.config.get("input_scaling", "ve") == "ve" else (1 + sigma**2) ** 0.5
+        x = self.unet((scale * z).to(device, dtype), torch.full((batch_size,), sigma, device=device),
                       None if labels is None else labels.to(device)).float().clamp(-1, 1)  # fmt: skip
         if output_type == "pt":
             return OneStepOutput(images=x.cpu())
@@ -95,11 +100,16 @@ class OneStepPipeline(DiffusionPipeline):
 
 
 def export_student(
-    unet, sigma_init: float, path: str | Path, class_names: Sequence[str] | None = None, card: dict | None = None
+    unet,
+    sigma_init: float,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    card: dict | None = None,
+    input_scaling: str = "ve",
 ) -> Path:
     """Save ``unet`` as a :class:`OneStepPipeline` folder, with ``card`` (dict) written as README.md."""
     path = Path(path)
-    pipe = OneStepPipeline(unet=unet, sigma_init=sigma_init, class_names=class_names)
+    pipe = OneStepPipeline(unet=unet, sigma_init=sigma_init, class_names=class_names, input_scaling=input_scaling)
     pipe.save_pretrained(path, safe_serialization=True)
     if card is not None:
         (path / "README.md").write_text(model_card(card))

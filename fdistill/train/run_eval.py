@@ -79,4 +79,11 @@ def export_image_student(distiller, result: dict) -> None:
         "config": "config.yaml in the run directory",
     }
     names = getattr(distiller.teacher, "class_names", None)
-    export_student(distiller.ema.model.net, cfg.train.sigma_init, distiller.run_dir / "student", names, card)
+    export_student(
+        distiller.ema.model.net,
+        cfg.train.sigma_init,
+        distiller.run_dir / "student",
+        names,
+        card,
+        cfg.train.generator_input,
+    )
