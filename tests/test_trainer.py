@@ -45,6 +45,7 @@ def test_every_method_trains_and_writes_outputs(tmp_path, name):
     assert any("loss/generator" in r for r in rows)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "samples.png").is_file()
     assert list_checkpoints(tmp_path)
+    assert list(tmp_path.glob("fdistill/events.out.tfevents.*")), "TensorBoard logs missing"
 
 
 def _generator_params(run_dir):
