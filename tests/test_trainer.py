@@ -118,3 +118,17 @@ def test_cli_dry_run_prints_resolved_config(capsys):
 def test_missing_resume_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         Distiller(tiny(tmp_path), resume=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("divergence", ["rkl", "kl", "sh", "jf", "sf", "neyman", "pearson", "alpha"])
+def test_every_divergence_trains(tmp_path, divergence):
+    distill(tiny(tmp_path, "method.name=fdistill", f"method.divergence={divergence}", "train.steps=3"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("nonfinite_total", 0) == 0 for r in rows)
+    assert any("loss/generator" in r for r in rows)
+
+
+def test_method_ignoring_a_set_field_is_warned(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="fdistill"):
+        Distiller(tiny(tmp_path, "method.name=sid", "method.divergence=js"))
+    assert "method sid ignores: method.divergence" in caplog.text
