@@ -78,7 +78,7 @@ def export_image_student(distiller, result: dict) -> None:
         "proxy_fid (classifier features, NOT Inception FID)": result.get("proxy_fid", "not measured"),
         "config": "config.yaml in the run directory",
     }
-    names = getattr(distiller.teacher, "class_names", None)
+    names = _class_names(cfg, distiller.teacher.num_classes)
     export_student(
         distiller.ema.model.net,
         cfg.train.sigma_init,
@@ -87,3 +87,14 @@ def export_image_student(distiller, result: dict) -> None:
         card,
         cfg.train.generator_input,
     )
+
+
+def _class_names(cfg, num_classes: int) -> list[str] | None:
+    """Label names of the teacher's data set, for the exported pipeline's ``class_names``."""
+    if num_classes == 0:
+        return None
+    if cfg.data.name == "fashion_mnist":
+        from fdistill.data import CLASS_NAMES
+
+        return list(CLASS_NAMES)[:num_classes]
+    return [str(k) for k in range(num_classes)]
