@@ -29,7 +29,7 @@ def dmd_direction(b: GeneratorInputs, normalize: bool) -> tuple[torch.Tensor, to
         g = b.fake(x_t, b.sigma, b.cond) - d_p
         if normalize:
             g = g / l1_normalizer(b.x0, d_p)
-    return torch.nan_to_num(g), d_p
+    return torch.nan_to_num(g, 0.0, 0.0, 0.0), d_p
 
 
 @register

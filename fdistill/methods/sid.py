@@ -15,10 +15,17 @@ from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_norm
 from fdistill.noise import SigmaSampler, append_dims
 
 
-def frozen_denoisers(b: GeneratorInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_t, D_p, D_q)`` with gradients flowing through ``x_t`` into both frozen networks."""
+def frozen_denoisers(b: GeneratorInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x0, D_p, D_q, keep)`` with gradients flowing through ``x_t`` into both frozen networks.
+
+    Rows with a non-finite value are replaced by zeros *before* any arithmetic (``keep`` marks the
+    others), so a dropped row contributes an exact zero to the gradient instead of ``0 * nan``.
+    """
     x_t = b.x_t
-    return x_t, b.teacher(x_t, b.sigma, b.cond), b.fake(x_t, b.sigma, b.cond)
+    d_p, d_q = b.teacher(x_t, b.sigma, b.cond), b.fake(x_t, b.sigma, b.cond)
+    keep = finite_rows(b.x0, d_p, d_q)
+    m = append_dims(keep, b.x0.ndim)
+    return torch.where(m, b.x0, 0.0), torch.where(m, d_p, 0.0), torch.where(m, d_q, 0.0), keep
 
 
 def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
@@ -29,8 +36,8 @@ def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def sid_weight(b: GeneratorInputs, d_p: torch.Tensor, normalize: bool) -> torch.Tensor:
-    return l1_normalizer(b.x0, d_p) if normalize else torch.ones_like(b.x0)
+def sid_weight(x0: torch.Tensor, d_p: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return l1_normalizer(x0, d_p) if normalize else torch.ones_like(x0)
 
 
 @register
@@ -40,9 +47,7 @@ class SiD(Method):
     uses = ("alpha", "normalize", "guidance", "sigma")
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        _, d_p, d_q = frozen_denoisers(b)
-        keep = finite_rows(b.x0, d_p, d_q)
+        x0, d_p, d_q, keep = frozen_denoisers(b)
         diff = d_p - d_q
-        per_pixel = diff * ((d_p - b.x0) - self.cfg.alpha * diff) / sid_weight(b, d_p, self.cfg.normalize)
-        loss = sum_chw(torch.where(append_dims(keep, per_pixel.ndim), per_pixel, 0.0))
+        loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / sid_weight(x0, d_p, self.cfg.normalize))
         return MethodOutput(torch.where(keep, loss, 0.0), {"dropped": (~keep).sum().float()})

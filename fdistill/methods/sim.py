@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
-from fdistill.methods.sid import finite_rows, frozen_denoisers, sid_weight
+from fdistill.methods.sid import frozen_denoisers, sid_weight
 from fdistill.noise import SigmaSampler, append_dims
 
 
@@ -33,11 +33,10 @@ def distance_value(u: Tensor, distance: str, c: float) -> Tensor:
 
 def score_divergence_loss(b: GeneratorInputs, distance: str, c: float, normalize: bool) -> tuple[Tensor, Tensor]:
     """SIM surrogate per sample and the (detached) distance value d(u) for logging."""
-    _, d_p, d_q = frozen_denoisers(b)
-    keep = finite_rows(b.x0, d_p, d_q)
-    s2 = append_dims(b.sigma, b.x0.ndim) ** 2
-    u = torch.where(append_dims(keep, d_p.ndim), (d_p - d_q) / s2, 0.0)
-    surrogate = (s2**2 / sid_weight(b, d_p, normalize)) * distance_gradient(u, distance, c) * (d_q - b.x0) / s2
+    x0, d_p, d_q, keep = frozen_denoisers(b)
+    s2 = append_dims(b.sigma, x0.ndim) ** 2
+    u = (d_p - d_q) / s2
+    surrogate = (s2**2 / sid_weight(x0, d_p, normalize)) * distance_gradient(u, distance, c) * (d_q - x0) / s2
     return torch.where(keep, sum_chw(surrogate), 0.0), distance_value(u.detach(), distance, c)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fdistill import divergences
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, gan_generator_loss, register, sum_chw
-from fdistill.methods.sid import finite_rows, frozen_denoisers, sid_weight
+from fdistill.methods.sid import frozen_denoisers, sid_weight
 from fdistill.noise import SigmaSampler
 
 
@@ -48,8 +48,11 @@ class UniInstruct(Method):
             one = torch.ones(b.x0.shape[0], device=b.x0.device)
             return one, one, {}
         assert b.logit is not None, f"uni_instruct with {self.cfg.divergence!r} needs a discriminator"
-        # clamp (not clip-with-zero-gradient) the logit; r itself is clipped to the configured range
-        logit = b.logit(b.x_t, b.sigma, b.cond).float().clamp(-self.cfg.logit_clip, self.cfg.logit_clip)
+        # outside the logit clamp and the r clip the r-derivative is zero (the guards FastGen uses for r)
+        logit = b.logit(b.x_t, b.sigma, b.cond)
+        logit = logit.to(torch.promote_types(logit.dtype, torch.float32)).clamp(
+            -self.cfg.logit_clip, self.cfg.logit_clip
+        )
         r = logit.exp().clamp(self.cfg.ratio_min, self.cfg.ratio_max)
         h = self.divergence.h(r)
         h_lin = h - r * self.divergence.h_prime(r)
@@ -61,13 +64,13 @@ class UniInstruct(Method):
         return h, h_lin, {"h_mean": h.detach().mean(), "r_mean": r.detach().mean()}
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        _, d_p, d_q = frozen_denoisers(b)
-        keep = finite_rows(b.x0, d_p, d_q)
+        x0, d_p, d_q, keep = frozen_denoisers(b)
         h, h_lin, logs = self.ratio_weights(b)
-        wf = sid_weight(b, d_p, self.cfg.normalize)
+        h, h_lin = torch.where(keep, h, 0.0), torch.where(keep, h_lin, 0.0)
+        wf = sid_weight(x0, d_p, self.cfg.normalize)
         diff = d_p - d_q
         fisher = sum_chw(diff**2 / wf)  # sigma^4 |u|^2 / wf
-        cross = sum_chw(diff * (d_q - b.x0) / wf)  # sigma^4 u.(s_q - grad log q(x_t|x0)) / wf
+        cross = sum_chw(diff * (d_q - x0) / wf)  # sigma^4 u.(s_q - grad log q(x_t|x0)) / wf
         loss = h_lin.to(fisher.dtype) * fisher + 2 * h.to(cross.dtype) * cross
         if self.cfg.gan_weight > 0:
             gan = gan_generator_loss(b)
