@@ -23,6 +23,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+import fdistill.nets.unet  # noqa: F401  (diffusers loads components only from imported modules)
+
 
 @dataclass
 class OneStepOutput(BaseOutput):
