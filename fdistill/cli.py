@@ -17,13 +17,14 @@ overrides are dotted key=value pairs applied on top of CONFIG, e.g.
   fdistill distill configs/gmm8.yaml method.name=fdistill method.divergence=js train.steps=2000
 
 sections and their main keys (see fdistill/config.py for every key and its default):
-  teacher.*  kind (gmm|unet|latent), means, stds, weights, conditional, path, dtype, sample_nfe
+  teacher.*  kind (gmm|unet|latent), means, stds, weights, conditional, path, subfolder, dtype, sample_nfe,
+             prompts_file, lora_rank, gradient_checkpointing
   method.*   name (di|dmd|sid|sim|fdistill|uni_instruct|di_star), divergence (rkl|kl|js|sh|jf|sf|neyman|
              pearson|alpha), alpha (SiD), huber_c, gan_weight, disc_features (fake|teacher), guidance,
              ratio_bins, normalize_h, alpha_rev, alpha_cfg, sigma
   train.*    steps, batch_size, grad_accum, lr_generator, lr_fake, lr_disc, fake_updates, fake_warmup_steps,
              sigma_init, ema_decay, grad_clip, mixed_precision (no|bf16|fp16), checkpoint_every, log_every
-  reward.*   kind (none|gmm_component), component
+  reward.*   kind (none|gmm_component|clip|preference), component, path, tokenizer_path, scale
   seed, output_dir
 
 the run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,

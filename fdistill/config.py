@@ -40,6 +40,13 @@ class TeacherConfig:
     subfolder: str | None = None
     dtype: str = "float32"  # frozen teacher precision: float32 | bfloat16 | float16
     sample_nfe: int = 18  # teacher sampler steps used for sample grids / comparisons
+    # latent (Stable-Diffusion-style) teachers, fdistill/teachers/latent.py
+    prompts_file: str | None = None  # latent: one prompt a line; cond = prompt id (none = empty prompt only)
+    prompt_cache: bool = True  # latent: cache prompt embeddings (N x L x D in teacher.dtype) on first use
+    lora_rank: int = 0  # latent: > 0 trains LoRA adapters of this rank on the generator / fake UNet copies
+    lora_alpha: float | None = None  # latent: LoRA scale numerator (None = lora_rank, i.e. scale 1)
+    gradient_checkpointing: bool = False  # latent: gradient checkpointing in the trainable UNet copies
+    variant: str | None = None  # latent: diffusers weight variant to load, e.g. fp16
 
 
 @dataclass
@@ -86,9 +93,12 @@ class MethodConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "none"  # none | gmm_component | classifier | clip
+    kind: str = "none"  # none | gmm_component | classifier | clip | preference
     component: int = 0  # gmm_component: reward = log N(x; mu_k, s_k^2 I) of this component
-    path: str | None = None  # classifier / clip weights
+    path: str | None = None  # classifier / clip / preference weights: a local folder or a hub id
+    tokenizer_path: str | None = None  # clip / preference: tokenizer folder or hub id (None = reward.path)
+    scale: float | None = None  # score = scale * cos(image, text); None = 100 (clip), logit_scale.exp() (preference)
+    dtype: str = "float32"  # clip / preference: reward model precision: float32 | bfloat16 | float16
 
 
 @dataclass
@@ -138,7 +148,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.disc_features": ("fake", "teacher"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.generator_input": ("ve", "vp"),
-    "reward.kind": ("none", "gmm_component", "classifier", "clip"),
+    "reward.kind": ("none", "gmm_component", "classifier", "clip", "preference"),
+    "reward.dtype": ("float32", "bfloat16", "float16"),
 }
 
 

