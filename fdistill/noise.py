@@ -37,7 +37,7 @@ class SigmaSampler:
     """A named per-sample sigma distribution (ALGORITHMS.md §5.2).
 
     kinds:
-      ``lognormal``   ln sigma ~ N(p_mean, p_std**2)                         (EDM DSM, DI)
+      ``lognormal``   ln sigma ~ N(p_mean, p_std**2), clamped to [sigma_min, sigma_max] (EDM DSM, DI)
       ``karras``      u ~ U[0, t_max], sigma = karras(1 - u)                 (SiD, SiDA, Uni-Instruct)
       ``karras_grid`` sigma = karras_1000[randint(lo, hi)] on a 1000-point grid (DMD2, FastGen)
       ``loguniform``  ln sigma ~ U[ln sigma_min, ln sigma_max]
@@ -62,7 +62,8 @@ class SigmaSampler:
     def __call__(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
         dev = torch.device(device)
         if self.kind == "lognormal":
-            return torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, device=dev))
+            sigma = torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, device=dev))
+            return sigma.clamp(self.sigma_min, self.sigma_max)
         if self.kind == "karras":
             # SiD: sigma at "time" t ~ U[0, t_max] measured from sigma_min (t=0) towards sigma_max
             t = self.t_max * torch.rand(n, generator=generator, device=dev)

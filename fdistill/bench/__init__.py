@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"gmm": "fdistill.bench.gmm"}
+BENCHES = {"gmm": "fdistill.bench.gmm", "image": "fdistill.bench.image"}
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ row with a message naming the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -151,8 +152,10 @@ class Distiller:
         self.teacher = build_teacher(cfg).to(acc.device).eval().requires_grad_(False)
         self.method = methods.build(cfg.method).to(acc.device)
         warn_ignored_method_fields(cfg.method, self.method)
-        self.sigma_gen = SigmaSampler(cfg.method.sigma) if cfg.method.sigma else self.method.default_sigma
-        self.sigma_fake = SigmaSampler(cfg.method.fake_sigma)
+        self.sigma_gen = self._in_teacher_range(
+            SigmaSampler(cfg.method.sigma) if cfg.method.sigma else self.method.default_sigma
+        )
+        self.sigma_fake = self._in_teacher_range(SigmaSampler(cfg.method.fake_sigma))
         self.reward = build_reward(cfg, self.teacher)
         self.real = RealData(cfg, self.teacher) if self.method.needs_discriminator else None
 
@@ -180,6 +183,16 @@ class Distiller:
             acc.load_state(str(ckpt))
             log.info("resumed from %s at step %d", ckpt, self.state.step)
         self.metrics = MetricsLog(acc, self.run_dir)
+
+    def _in_teacher_range(self, sampler: SigmaSampler) -> SigmaSampler:
+        """Narrow the sampler's [sigma_min, sigma_max] to the teacher's (a DDPM-trained latent teacher has
+        sigma in [0.029, 14.6]: draws outside would all be clamped to its first or last timestep)."""
+        lo, hi = getattr(self.teacher, "sigma_min", None), getattr(self.teacher, "sigma_max", None)
+        if lo is None or hi is None:
+            return sampler
+        return dataclasses.replace(
+            sampler, sigma_min=max(sampler.sigma_min, float(lo)), sigma_max=min(sampler.sigma_max, float(hi))
+        )
 
     # ---- pieces of one iteration --------------------------------------------------------------
 
