@@ -163,7 +163,9 @@ class UNetTeacher(Teacher):
         if not isinstance(net, (EDMUNet, VPUNetDenoiser)):
             raise TypeError(f"UNetTeacher wraps an EDMUNet or a VPUNetDenoiser, got {type(net).__name__}")
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        self.net = net.to(dtype).eval().requires_grad_(False)
+        if any(p.dtype != dtype for p in net.parameters()):
+            nn.Module.to(net, dtype=dtype)  # plain cast (diffusers' ModelMixin.to warns about fp32-pinned modules)
+        self.net = net.eval().requires_grad_(False)
         self.sample_shape = tuple(net.sample_shape)
         self.num_classes = int(net.num_classes)
         self.sigma_data = float(net.sigma_data)

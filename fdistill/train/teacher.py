@@ -756,8 +756,11 @@ CFG, once `fdistill eval` is in place. Not measured yet.
 ## Refresh this folder from the run
 
 ```
-python -m fdistill.train.teacher configs/fmnist_teacher.yaml --export checkpoints/fmnist_teacher
+python -m fdistill.train.teacher configs/fmnist_teacher.yaml --export checkpoints/fmnist_teacher --proxy-samples 1000
 ```
+
+(`fdistill train-teacher ... --export ...` is the same command; drop `--proxy-samples` to skip the ~5 CPU-minute
+proxy evaluation.)
 """
     (dest / "README.md").write_text(text)
     return dest
