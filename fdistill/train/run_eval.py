@@ -70,6 +70,7 @@ def export_image_student(distiller, result: dict) -> None:
     card = {
         "title": f"fdistill one-step student ({cfg.method.name})",
         "teacher": f"{cfg.teacher.kind}:{cfg.teacher.path}",
+        "teacher_path": cfg.teacher.path,
         "method": cfg.method.name,
         "divergence": cfg.method.divergence if cfg.method.name in ("fdistill", "uni_instruct") else "n/a",
         "NFE": 1,
