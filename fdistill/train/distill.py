@@ -390,8 +390,12 @@ class Distiller:
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")})
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
                 self.evaluate(final=False)
-            if st.step % tc.checkpoint_every == 0 or st.step == tc.steps:
+            out_of_time = tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes
+            if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time:
                 save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
+            if out_of_time:
+                log.info("train.max_minutes=%g spent at step %d: stopping (resume continues)", tc.max_minutes, st.step)
+                break
         bar.close()
         self.evaluate(final=True)
         acc.end_training()
