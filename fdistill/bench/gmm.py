@@ -36,7 +36,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("fdistill js teacher-feat", ["method.name=fdistill", "method.divergence=js", "method.disc_features=teacher"]),
     *[(f"uni {d}", ["method.name=uni_instruct", f"method.divergence={d}"]) for d in ("rkl", "kl", "js", "sf")],
     ("di_star rev=0.05", ["method.name=di_star", "method.alpha_rev=0.05", "reward.kind=gmm_component",
-                          "reward.component=2"]),
+                          "reward.component=1"]),
 ]  # fmt: skip
 
 COLUMNS = ("modes", "w_err", "nll", "energy", "floor", "seconds")
@@ -73,7 +73,12 @@ def main(argv: list[str]) -> int:
             if args.only and args.only not in name:
                 continue
             slug = f"{mixture}_{name.replace(' ', '_').replace('=', '')}"
-            m, sec, samples, real = run_one(mixture, overrides, args.steps, out / slug, args.seed)
+            try:
+                m, sec, samples, real = run_one(mixture, overrides, args.steps, out / slug, args.seed)
+            except Exception as e:  # one broken variant must not lose the table of the others
+                rows.append((mixture, name, f"error: {type(e).__name__}: {e}", *[""] * (len(COLUMNS) - 1)))
+                print(" | ".join(rows[-1]), flush=True)
+                continue
             row = (mixture, name, f"{m['modes_covered']}/{m['num_modes']}", f"{m['mode_weight_error']:.3f}",
                    f"{m['teacher_nll']:.2f}", f"{m['energy_distance']:.4f}", f"{m['energy_distance_floor']:.4f}",
                    f"{sec:.0f}")  # fmt: skip
