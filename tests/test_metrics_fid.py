@@ -325,7 +325,7 @@ class _PixelFeatures(torch.nn.Module):
     weights_path = "pixels"
     num_features = 16
 
-    def __init__(self, weights=None) -> None:
+    def __init__(self, weights=None, channels_last: bool = False) -> None:
         super().__init__()
 
     def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:

@@ -52,10 +52,10 @@ def _image_metrics(distiller, samples: torch.Tensor, cond, final: bool) -> dict:
         rows.insert(0, teacher.sample(grid_n, z_cond, nfe=cfg.teacher.sample_nfe, generator=gen,
                                       device=distiller.accelerator.device).cpu())  # fmt: skip
     image_grid(rows).save(Path(run_dir) / ("samples.png" if final else f"samples_{distiller.state.step:08d}.png"))
-    try:
-        from fdistill.metrics.proxy import ProxyFID
-    except ImportError:
+    if cfg.data.name != "fashion_mnist":  # the proxy classifier knows Fashion-MNIST only
         return out
+    from fdistill.metrics.proxy import ProxyFID
+
     scorer = getattr(distiller, "_proxy_fid", None) or ProxyFID(device=distiller.accelerator.device)
     distiller._proxy_fid = scorer
     out["proxy_fid"] = float(scorer.score(samples))
