@@ -15,6 +15,7 @@ chosen method ignores.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -162,15 +163,16 @@ def _keys(obj: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def known_keys() -> list[str]:
-    return _keys(Config())
+def known_keys(schema: type = None) -> list[str]:  # type: ignore[assignment]
+    """Every dotted key of ``schema`` (default: :class:`Config`)."""
+    return _keys((schema or Config)())
 
 
-def _friendly(err: OmegaConfBaseException, where: str) -> ConfigError:
+def _friendly(err: OmegaConfBaseException, where: str, schema: type) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = getattr(err, "msg", str(err)).splitlines()[0]
     if "not in" in msg or "Missing key" in msg or "Key '" in msg:
-        keys = known_keys()
+        keys = known_keys(schema)
         close = difflib.get_close_matches(key, keys, n=3)
         section = key.rsplit(".", 1)[0] + "." if "." in key else ""
         siblings = [k[len(section) :] for k in keys if k.startswith(section) and "." not in k[len(section) :]]
@@ -179,6 +181,40 @@ def _friendly(err: OmegaConfBaseException, where: str) -> ConfigError:
             f"{where}: unknown config key '{key}'.{hint} Accepted in this section: {', '.join(siblings)}"
         )
     return ConfigError(f"{where}: bad value for '{key}': {msg}")
+
+
+def merge_layers(schema: type, path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults <- YAML preset ``path`` <- ``key=value`` overrides; one-line :class:`ConfigError`s."""
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            layers.append((str(p), OmegaConf.load(p)))
+        except Exception as e:  # yaml errors
+            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=500)")
+        try:
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
+    merged = OmegaConf.structured(schema)
+    for where, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise _friendly(e, where, schema) from None
+    return merged
+
+
+def to_dataclass(merged: DictConfig, schema: type) -> Any:
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _friendly(e, "config", schema) from None
 
 
 def _validate(cfg: Config) -> None:
@@ -233,37 +269,12 @@ def _validate_gmm(t: TeacherConfig) -> None:
         raise ConfigError(f"teacher.weights must be non-negative with a positive sum, got {list(t.weights)}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> Config:
     """Schema defaults <- YAML preset ``path`` <- ``key=value`` overrides, validated."""
-    base = OmegaConf.structured(Config)
-    layers: list[tuple[str, DictConfig]] = []
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            layers.append((str(p), OmegaConf.load(p)))
-        except Exception as e:  # yaml errors
-            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=500)")
-        try:
-            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
-    merged = base
-    for where, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            raise _friendly(e, where) from None
+    merged = merge_layers(Config, path, overrides or ())
     if OmegaConf.is_missing(merged, "name"):
         merged.name = Path(path).stem if path is not None else "run"
-    try:
-        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
-        raise _friendly(e, "config") from None
+    cfg: Config = to_dataclass(merged, Config)
     _validate(cfg)
     return cfg
 

@@ -22,7 +22,6 @@ export ``teacher/`` (``EDMUNet.from_pretrained(run_dir / "teacher")``).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import shutil
@@ -38,11 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from fdistill.config import ConfigError
+from fdistill.config import ConfigError, merge_layers, to_dataclass
 from fdistill.noise import SigmaSampler, denoising_score_matching_loss
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,25 +119,6 @@ def _choices() -> dict[str, tuple[str, ...]]:
     return {"data.name": tuple(DATASETS), "mixed_precision": ("no", "bf16", "fp16")}
 
 
-def _keys(obj: Any, prefix: str = "") -> list[str]:
-    out = []
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        out += _keys(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
-    return out
-
-
-def _friendly(err: OmegaConfBaseException, where: str) -> ConfigError:
-    key = getattr(err, "full_key", None) or ""
-    msg = getattr(err, "msg", str(err)).splitlines()[0]
-    if "not in" in msg or "Missing key" in msg or "Key '" in msg:
-        keys = _keys(TeacherTrainConfig())
-        close = difflib.get_close_matches(key, keys, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return ConfigError(f"{where}: unknown config key '{key}'.{hint} Accepted keys: {', '.join(keys)}")
-    return ConfigError(f"{where}: bad value for '{key}': {msg}")
-
-
 def _validate(cfg: TeacherTrainConfig) -> None:
     for key, accepted in _choices().items():
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
@@ -156,32 +135,7 @@ def _validate(cfg: TeacherTrainConfig) -> None:
 
 def load_teacher_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TeacherTrainConfig:
     """Schema defaults <- YAML preset <- ``key=value`` overrides; unknown keys / bad values raise ConfigError."""
-    merged = OmegaConf.structured(TeacherTrainConfig)
-    layers = []
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            layers.append((str(p), OmegaConf.load(p)))
-        except Exception as e:  # yaml errors
-            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=500)")
-        try:
-            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
-    for where, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            raise _friendly(e, where) from None
-    try:
-        cfg: TeacherTrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
-        raise _friendly(e, "config") from None
+    cfg: TeacherTrainConfig = to_dataclass(merge_layers(TeacherTrainConfig, path, overrides), TeacherTrainConfig)
     _validate(cfg)
     return cfg
 
