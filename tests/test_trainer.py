@@ -132,3 +132,10 @@ def test_method_ignoring_a_set_field_is_warned(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="fdistill"):
         Distiller(tiny(tmp_path, "method.name=sid", "method.divergence=js"))
     assert "method sid ignores: method.divergence" in caplog.text
+
+
+def test_time_budget_stops_checkpoints_and_evaluates(tmp_path):
+    distill(tiny(tmp_path, "train.steps=100000", "train.max_minutes=0.01", "train.checkpoint_every=100000"))
+    step = json.loads((tmp_path / "metrics.json").read_text())["step"]
+    assert 0 < step < 100000
+    assert list_checkpoints(tmp_path)[-1].name == f"step_{step:08d}"  # resume continues from here

@@ -390,7 +390,9 @@ class Distiller:
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")})
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
                 self.evaluate(final=False)
-            out_of_time = tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes
+            out_of_time = tc.max_minutes > 0 and not self._finite_everywhere(
+                time.perf_counter() - t0 <= 60 * tc.max_minutes
+            )  # any process out of time stops all of them at the same step
             if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time:
                 save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
             if out_of_time:
