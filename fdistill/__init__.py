@@ -6,4 +6,3 @@ them all. See ``shared/ALGORITHMS.md`` for the notation used throughout.
 """
 
 __version__ = "0.1.0"
-

@@ -75,8 +75,6 @@ ENTRIES = [
 ]
 
 
-
-
 def make_fake_package(root) -> tuple[object, dict]:
     """``root/package`` with emoji.json and 64x64 RGBA PNGs: a coloured opaque square on a transparent background
     (and one half-transparent pixel); returns the folder and the colour of each file."""

@@ -21,8 +21,6 @@ from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teach
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]
 
 
-
-
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     out = {}

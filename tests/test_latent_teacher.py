@@ -23,8 +23,6 @@ from fdistill.teachers.latent import (  # noqa: E402
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]
 
 
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_sd")

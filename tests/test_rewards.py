@@ -28,8 +28,6 @@ from fdistill.rewards import (  # noqa: E402
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]
 
 
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return save_tiny_clip_model(tmp_path_factory.mktemp("clip") / "tiny_clip")
