@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fdistill.metrics.clip_score import as_embedding
 from fdistill.teachers.base import Teacher
 
 RewardFn = Callable[[Tensor, "Tensor | None"], Tensor]
@@ -52,19 +53,6 @@ class GMMComponentReward:
         v = self.teacher.stds[self.component] ** 2
         d = x.shape[1]
         return -0.5 * ((x - mu) ** 2).sum(1) / v - 0.5 * d * torch.log(2 * torch.pi * v)
-
-
-def _embeds(out) -> Tensor:
-    """The projected embedding from ``get_*_features`` (a tensor in transformers 4, an output object in 5)."""
-    if isinstance(out, Tensor):
-        return out
-    for key in ("image_embeds", "text_embeds", "pooler_output"):
-        value = getattr(out, key, None)
-        if isinstance(value, Tensor):
-            return value
-    if isinstance(out, tuple | list) and len(out) > 1 and isinstance(out[1], Tensor):
-        return out[1]  # return_dict=False: (last_hidden_state, pooler_output, ...)
-    raise TypeError(f"cannot find the projected embedding in a {type(out).__name__}")
 
 
 def clip_preprocess(
@@ -219,7 +207,8 @@ class CLIPReward(nn.Module):
             tok = self.tokenizer(
                 missing, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
             ).to(self.device)
-            emb = _embeds(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
+            out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+            emb = as_embedding(out, "text")
             for t, e in zip(missing, F.normalize(emb.float(), dim=-1), strict=True):
                 self._text_cache[t] = e
         return torch.stack([self._text_cache[t] for t in texts])
@@ -228,7 +217,9 @@ class CLIPReward(nn.Module):
         """Unit-norm image embeddings of images in ``[-1, 1]`` (differentiable)."""
         pixels = clip_preprocess(images, self.image_size, self.crop_size, self.mean, self.std)
         dtype = next(self.model.parameters()).dtype
-        return F.normalize(_embeds(self.model.get_image_features(pixel_values=pixels.to(dtype))).float(), dim=-1)
+        return F.normalize(
+            as_embedding(self.model.get_image_features(pixel_values=pixels.to(dtype)), "image").float(), dim=-1
+        )
 
     def score_images(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """``scale * cos`` of images in ``[-1, 1]`` against ``texts`` (also a CLIP-score metric)."""

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from fdistill.metrics.clip_score import (  # noqa: E402
     CLIPWeightsNotFound,
     TensorFeaturesCLIP,
-    _as_embedding,
+    as_embedding,
     clip_score,
     load_clip,
     make_clip_score,
@@ -72,8 +72,8 @@ def test_wrapper_returns_tensors(clip_pair):
     assert isinstance(img, torch.Tensor) and img.shape == (1, 8)
     assert isinstance(txt, torch.Tensor) and txt.shape == (1, 8)
     # transformers-4 style (tensor) and return_dict=False style (tuple) are handled too
-    assert _as_embedding(img, "image") is img
-    assert _as_embedding((torch.zeros(1, 3, 16), img), "image") is img
+    assert as_embedding(img, "image") is img
+    assert as_embedding((torch.zeros(1, 3, 16), img), "image") is img
 
 
 def test_clip_score_matches_manual_cosine(clip_pair):

@@ -34,7 +34,7 @@ class CLIPWeightsNotFound(FileNotFoundError):
     """No CLIP weights at the given path / hub id (or offline without them in the cache)."""
 
 
-def _as_embedding(out, kind: str) -> Tensor:
+def as_embedding(out, kind: str) -> Tensor:
     """Tensor from whatever ``get_*_features`` returned (transformers 4: tensor; 5: output object / tuple)."""
     if isinstance(out, Tensor):
         return out
@@ -59,10 +59,10 @@ class TensorFeaturesCLIP(nn.Module):
         return self.model.config
 
     def get_image_features(self, *args, **kwargs) -> Tensor:
-        return _as_embedding(self.model.get_image_features(*args, **kwargs), "image")
+        return as_embedding(self.model.get_image_features(*args, **kwargs), "image")
 
     def get_text_features(self, *args, **kwargs) -> Tensor:
-        return _as_embedding(self.model.get_text_features(*args, **kwargs), "text")
+        return as_embedding(self.model.get_text_features(*args, **kwargs), "text")
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from fdistill.noise import append_dims
+from fdistill.noise import SIGMA_MAX, SIGMA_MIN, append_dims
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
@@ -40,6 +40,8 @@ class Teacher(nn.Module):
     sample_shape: tuple[int, ...]
     num_classes: int = 0
     sigma_data: float = 0.5
+    sigma_min: float = SIGMA_MIN  # the noise range the teacher knows (samplers and sigma draws stay inside)
+    sigma_max: float = SIGMA_MAX
 
     def denoise_cond(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
         """D(x_t, sigma | cond); ``cond=None`` is the unconditional branch."""
@@ -85,5 +87,11 @@ class Teacher(nn.Module):
         from fdistill.sampling import edm_heun_sampler
 
         return edm_heun_sampler(
-            lambda x, s: self.denoise(x, s, cond, guidance), (n, *self.sample_shape), nfe, generator, device
+            lambda x, s: self.denoise(x, s, cond, guidance),
+            (n, *self.sample_shape),
+            nfe,
+            generator,
+            device,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
         )

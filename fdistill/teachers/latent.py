@@ -400,29 +400,6 @@ class LatentTeacher(Teacher):
     def features(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None = None) -> list[Tensor]:
         return self.net.features(x_t, sigma, cond)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: Tensor | None = None,
-        nfe: int = 18,
-        guidance: float = 1.0,
-        generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-    ) -> Tensor:
-        """Latents from the EDM Heun sampler over the teacher's own sigma range ``[sigma(0), sigma(T-1)]``."""
-        from fdistill.sampling import edm_heun_sampler
-
-        return edm_heun_sampler(
-            lambda x, s: self.denoise(x, s, cond, guidance),
-            (n, *self.sample_shape),
-            nfe,
-            generator,
-            device,
-            sigma_min=self.sigma_min,
-            sigma_max=self.sigma_max,
-        )
-
     # -- trainable copies
     def _trainable_unet(self) -> nn.Module:
         from diffusers import UNet2DConditionModel

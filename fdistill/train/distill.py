@@ -187,12 +187,8 @@ class Distiller:
     def _in_teacher_range(self, sampler: SigmaSampler) -> SigmaSampler:
         """Narrow the sampler's [sigma_min, sigma_max] to the teacher's (a DDPM-trained latent teacher has
         sigma in [0.029, 14.6]: draws outside would all be clamped to its first or last timestep)."""
-        lo, hi = getattr(self.teacher, "sigma_min", None), getattr(self.teacher, "sigma_max", None)
-        if lo is None or hi is None:
-            return sampler
-        return dataclasses.replace(
-            sampler, sigma_min=max(sampler.sigma_min, float(lo)), sigma_max=min(sampler.sigma_max, float(hi))
-        )
+        lo, hi = self.teacher.sigma_min, self.teacher.sigma_max
+        return dataclasses.replace(sampler, sigma_min=max(sampler.sigma_min, lo), sigma_max=min(sampler.sigma_max, hi))
 
     # ---- pieces of one iteration --------------------------------------------------------------
 
