@@ -53,6 +53,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _seconds_per_call(step, iters: int, device: torch.device) -> float:
+    """Mean wall time of ``step()`` over ``iters`` calls after one warm-up call (CUDA synchronised)."""
+    step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
 def _peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -93,13 +104,7 @@ def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra:
                     else:
                         t.sample(batch, labels, nfe=nfe, device=dev)
 
-        step()  # warm-up
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            step()
-        _sync(dev)
-        seconds = (time.perf_counter() - t0) / iters
+        seconds = _seconds_per_call(step, iters, dev)
     else:
         from fdistill.train.distill import Distiller
 
@@ -117,13 +122,7 @@ def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra:
                 d._apply(fake_opts, fake_mods, d.fake_phase(d.state.step, 0), "fake")
                 d._apply([d.opt_g], [d.generator], d.generator_phase(d.state.step), "generator")
 
-            step()
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                step()
-            _sync(dev)
-            seconds = (time.perf_counter() - t0) / iters
+            seconds = _seconds_per_call(step, iters, dev)
     return {"kind": kind, "seconds": seconds, "peak_mb": _peak_mb(dev), "base_mb": base}
 
 
