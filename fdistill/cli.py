@@ -1,4 +1,4 @@
-"""The ``fdistill`` command: distill | train-teacher | eval | report | sample | demo | bench.
+"""The ``fdistill`` command: distill | train-teacher | train-vae | train-caption-match | eval | report | sample | demo | bench.
 
 Works as ``fdistill distill CONFIG key=value ...`` and as
 ``accelerate launch -m fdistill distill CONFIG key=value ...`` (one GPU, DDP or FSDP via
@@ -76,7 +76,12 @@ def _delegate(module: str) -> callable:
 
 COMMANDS = {
     "distill": (_distill, "distill a teacher into a one-step generator"),
-    "train-teacher": (_delegate("fdistill.train.teacher"), "train an image teacher by denoising score matching"),
+    "train-teacher": (_delegate("fdistill.train.teacher"), "train a teacher (pixel EDM, or SD-style text-to-image)"),
+    "train-vae": (_delegate("fdistill.train.vae"), "train a small AutoencoderKL for a latent teacher"),
+    "train-caption-match": (
+        _delegate("fdistill.train.caption_match"),
+        "train a small CLIP-like caption-match reward model",
+    ),
     "eval": (_delegate("fdistill.evaluate"), "FID/KID/precision/recall of a student, folder or .npz"),
     "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
     "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),

