@@ -1,4 +1,5 @@
-"""The ``fdistill`` command: distill | train-teacher | train-vae | train-caption-match | eval | report | sample | demo | bench.
+"""The ``fdistill`` command: distill | train-teacher | train-vae | train-caption-match | eval | report | sample |
+demo | bench.
 
 Works as ``fdistill distill CONFIG key=value ...`` and as
 ``accelerate launch -m fdistill distill CONFIG key=value ...`` (one GPU, DDP or FSDP via
