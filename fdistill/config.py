@@ -54,8 +54,11 @@ class TeacherConfig:
 class DataConfig:
     """Real data for the discriminator (image teachers); analytic teachers sample their own."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | mnist5k
-    root: str | None = None  # folder with the IDX files; None = the Debian package's location
+    name: str = "fashion_mnist"  # fdistill.data.DATASETS: fashion_mnist | mnist5k | emoji | captioned_folder
+    root: str | None = None  # the data set's folder (captioned_folder: required); None = its default location
+    # captioned_folder / emoji: image side; None = the loader's default (emoji 64, captioned_folder 512)
+    image_size: int | None = None
+    limit: int | None = None  # captioned_folder / emoji: keep the first N images (in-memory sets); None = all
 
 
 @dataclass
@@ -126,6 +129,7 @@ class TrainConfig:
     eval_every: int = 0  # proxy evaluation inside training; 0 = only at the end
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     max_minutes: float = 0.0  # wall-clock budget: checkpoint, evaluate and stop when spent (0 = none)
+    init_generator: str | None = None  # start the generator from an exported student folder (its unet/), e.g. DI*
     num_eval_samples: int = 4096
     num_workers: int = 0
 
@@ -232,6 +236,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
         )
+    from fdistill.data import DATASETS
+
+    if cfg.data.name not in DATASETS:
+        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; accepted: {', '.join(DATASETS)}")
+    for key in ("data.image_size", "data.limit"):
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1 (or null for the loader's default)")
     for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.fake_updates"):
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value < 1:

@@ -144,3 +144,26 @@ def test_bf16_teacher_exports_full_precision_components(roots, tmp_path):
         )
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), part
     assert one_step_kwargs(out)["timesteps"] == [999]
+
+
+def test_init_generator_loads_an_exported_student(roots, tmp_path):
+    """``train.init_generator``: DI* starts from an exported one-step student; its UNet weights land in the new
+    generator exactly, and a folder of another architecture is one clear error."""
+    from fdistill.train.distill import load_generator_weights
+
+    teacher = _teacher(roots["epsilon"])
+    gen = _perturbed_generator(teacher, 399)
+    out = export_sd_student(gen, teacher, tmp_path / "student", card={"method": "test"})
+    fresh = OneStepGenerator(teacher.make_network(), teacher.sigma_at(399), "vp")
+    load_generator_weights(fresh, out)
+    for (name, a), b in zip(gen.net.unet.state_dict().items(), fresh.net.unet.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(FileNotFoundError, match="init_generator"):
+        load_generator_weights(fresh, tmp_path / "nowhere")
+    other = _teacher(roots["v_prediction"])  # same architecture: loads; a pruned state dict does not
+    (tmp_path / "bad" / "unet").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"conv_in.weight": torch.zeros(1)}, str(tmp_path / "bad" / "unet" / "x.safetensors"))
+    with pytest.raises(ValueError, match="does not match"):
+        load_generator_weights(OneStepGenerator(other.make_network(), 1.0, "vp"), tmp_path / "bad")

