@@ -5,6 +5,7 @@ One factory, :func:`create_demo`, builds the page; ``fdistill demo`` (:func:`mai
 
     fdistill demo                                   # checkpoints/fmnist_student (+ checkpoints/fmnist_teacher)
     fdistill demo --checkpoint runs/x/student --teacher runs/t/ema --port 7861
+    fdistill demo --checkpoint checkpoints/emoji_student --teacher checkpoints/emoji_teacher   # text-to-image
     FDISTILL_STUDENT=runs/x/student python app/app.py
 
     from fdistill.demo import create_demo, launch_demo
@@ -19,21 +20,38 @@ the same noise ``z`` (one CPU ``torch.Generator`` per request, the first draw of
 like-for-like comparison. Each side's latency is the wall time of its network work only (CUDA synchronised,
 PIL conversion excluded); the speed-up is their ratio, measured under whatever load the server has.
 
+Text-to-image students. A student exported by :mod:`fdistill.export_sd` is a stock diffusers
+``StableDiffusionPipeline`` folder (``LCMScheduler``, ``fdistill_export.json`` recording ``t_init``). It is served
+with the exact call that file records, ``pipe(prompt, num_inference_steps=1, timesteps=[t_init],
+guidance_scale=0.0, latents=z)``, any prompt text being encoded by the folder's own text encoder; the page shows a
+prompt box and a few example prompts from its ``prompts.txt``. Its teacher is the SD-style folder it was distilled
+from (``--teacher``; by default the one its ``fdistill_export.json``/``card.json`` records), sampled with the stock
+``StableDiffusionPipeline`` and a deterministic DPM-Solver++ 2M scheduler (``timestep_spacing="trailing"``, so the
+first step is t = T-1, where the student's training teacher starts too) at ``num_inference_steps = NFE`` and
+``guidance_scale = w``. Both pipelines get the same ``z`` (the seed's first CPU draw, latent shaped; LCM's and
+DPM-Solver's ``init_noise_sigma`` are 1, so both UNets see ``z`` itself). Teacher NFE counts UNet calls (one per
+DPM-Solver step); with CFG (``w > 1``, diffusers' convention: ``w <= 1`` is off, so the slider starts at 1) each
+call evaluates the prompt and the empty prompt in one batch of 2N. Both latencies then include the text encoder and
+the VAE decoder. The stock pipeline keeps per-call state (scheduler steps, guidance scale) on itself, so every
+request runs a shallow copy sharing the networks, with its own scheduler.
+
 Serving. Models load once at start (a missing or broken checkpoint is a :class:`DemoSetupError`, which
 ``main`` prints as one line and exits 2); the device is picked then (CUDA with bf16 autocast when present,
-CPU float32 otherwise) and shown in the header. Requests go through Gradio's queue with a concurrency limit
-(``--concurrency``, default 2: on a small CPU more parallel jobs only split the cores) and a bounded queue
-(``--max-queue``). Requests are not merged across users (Gradio ``batch=True``): one bad request would fail
-the whole merged batch and a long teacher run would stall the student jobs batched with it; on a CPU the
-one-step student is already cheap, and within a request all N images are one batch.
+CPU float32 otherwise; weights are float32 either way, and on CUDA the stock pipelines' UNets hand their output back
+in float32 so the schedulers' state stays float32) and shown in the header. Requests go through Gradio's queue
+with a concurrency limit (``--concurrency``, default 2: on a small CPU more parallel jobs only split the cores) and
+a bounded queue (``--max-queue``). Requests are not merged across users (Gradio ``batch=True``): one bad request
+would fail the whole merged batch and a long teacher run would stall the student jobs batched with it; on a CPU
+the one-step student is already cheap, and within a request all N images are one batch.
 
 API. The ``generate`` endpoint (``gradio_client.Client(url).predict(..., api_name="/generate")``) takes
 ``class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale`` and returns
 ``(student_gallery, teacher_gallery, info_markdown, seed_used)``. The input list is the same for every
 student, so client code does not change with the checkpoint: a class-conditional student ignores ``prompt``;
-a student whose pipeline config says ``text_conditional: true`` shows a prompt box instead of the class
-dropdown and ignores ``class_name`` (its pipeline is then called with ``prompt=``). Bad input (a seed or count
-out of range, an unknown class, an empty prompt) is a ``gr.Error`` shown in the page; the server keeps serving.
+a text-to-image student (a ``StableDiffusionPipeline`` folder, or a pipeline whose config says
+``text_conditional: true``) shows a prompt box instead of the class dropdown and ignores ``class_name``. Bad
+input (a seed or count out of range, an unknown class, an empty prompt) is a ``gr.Error`` shown in the page; the
+server keeps serving.
 
 Offline by default: ``HF_HUB_OFFLINE=1`` and ``GRADIO_ANALYTICS_ENABLED=False`` are set (``setdefault``, so
 the environment wins) before Gradio is imported; the page uses system fonts (no font CDN); ``share=False``;
@@ -49,6 +67,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import secrets  # noqa: E402
@@ -65,6 +84,8 @@ from PIL import Image  # noqa: E402
 
 if TYPE_CHECKING:
     import gradio as gr
+    from diffusers import StableDiffusionPipeline
+    from torch import nn
 
     from fdistill.nets.unet import EDMUNet
     from fdistill.pipeline import OneStepPipeline
@@ -84,7 +105,13 @@ MAX_SEED = 2**32 - 1
 MAX_NFE = 79
 DEFAULT_NFE = 35
 MAX_CFG = 10.0
+MAX_PROMPT_CHARS = 1000
+NUM_EXAMPLES = 8
 ALL_CLASSES = "All classes (cycled)"
+SD_PIPELINE = "StableDiffusionPipeline"
+EDM_SAMPLER = "EDM Heun"
+SD_SAMPLER = "DPM-Solver++ 2M"
+SD_LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 HOW_TO_GET = (
     "make one with `fdistill distill configs/fmnist_*.yaml` (it exports RUN_DIR/student) "
     "or use the shipped checkpoints/ folder"
@@ -139,12 +166,14 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline:
+def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline | StableDiffusionPipeline:
     """Load an exported student folder as the pipeline class its ``model_index.json`` names.
 
-    The class is looked up in :mod:`fdistill.pipeline` (``OneStepPipeline`` today; a text-conditional pipeline
-    added there later loads the same way), and the ``fdistill.*`` modules its components name are imported first:
-    diffusers only instantiates components from modules that are already imported."""
+    ``StableDiffusionPipeline`` (a text-to-image student exported by :mod:`fdistill.export_sd`) loads with the
+    stock diffusers class, after checking that its ``fdistill_export.json`` records the one-step call
+    (:func:`sd_one_step_call`). Any other class is looked up in :mod:`fdistill.pipeline` (``OneStepPipeline``), and
+    the ``fdistill.*`` modules its components name are imported first: diffusers only instantiates components from
+    modules that are already imported."""
     import importlib
 
     import fdistill.pipeline as pipelines
@@ -157,20 +186,26 @@ def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline
     try:
         index = json.loads(index_file.read_text())
         name = index.get("_class_name", "OneStepPipeline")
+        if name == SD_PIPELINE:
+            sd_one_step_call(path)  # a DemoSetupError of its own before any weights load
+            return load_sd_pipeline(path, device)
         cls = getattr(pipelines, name, None)
         if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-            raise ValueError(f"pipeline class {name!r} is not one of fdistill.pipeline's")
+            raise ValueError(f"pipeline class {name!r} is neither {SD_PIPELINE} nor one of fdistill.pipeline's")
         for spec in index.values():
             if isinstance(spec, list) and spec and isinstance(spec[0], str) and spec[0].startswith("fdistill."):
                 importlib.import_module(spec[0])
         pipe = cls.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
+    except DemoSetupError:
+        raise
     except Exception as e:  # a broken folder surfaces as any of json/safetensors/diffusers errors
         raise DemoSetupError(f"cannot load the student checkpoint {path}: {_one_line(e)}; {HOW_TO_GET}") from e
 
 
 def load_teacher_checkpoint(path: Path, device: torch.device) -> EDMUNet:
+    """The EDMUNet teacher of a class-conditional/unconditional student (a ``config.json`` folder)."""
     from fdistill.nets.unet import EDMUNet
 
     if not (path / "config.json").is_file():
@@ -183,6 +218,166 @@ def load_teacher_checkpoint(path: Path, device: torch.device) -> EDMUNet:
         return EDMUNet.from_pretrained(path).eval().to(device)
     except Exception as e:
         raise DemoSetupError(f"cannot load the teacher checkpoint {path}: {_one_line(e)}") from e
+
+
+def is_sd_folder(path: Path) -> bool:
+    """Whether ``path`` is a diffusers Stable-Diffusion folder: a ``model_index.json`` naming a UNet and a text
+    encoder (the layout of a latent teacher, :mod:`fdistill.train.latent_teacher`, and of an exported student)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and "unet" in index and "text_encoder" in index
+
+
+def sd_one_step_call(path: Path) -> dict[str, Any]:
+    """The call that makes an exported ``StableDiffusionPipeline`` student its one-step generator, as its
+    ``fdistill_export.json`` records it: ``num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0``."""
+    from fdistill.export_sd import EXPORT_FILE, one_step_kwargs
+
+    try:
+        call = one_step_kwargs(path)
+        (t_init,) = call["timesteps"]
+        if isinstance(t_init, bool) or not isinstance(t_init, int):
+            raise ValueError(f"timesteps must be [t_init] with an integer t_init, got {call['timesteps']!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DemoSetupError(
+            f"{path} is a {SD_PIPELINE} folder without a valid {EXPORT_FILE} recording the student's one-step "
+            f"timestep t_init ({_one_line(e)}); export the student with fdistill.export_sd.export_sd_student"
+        ) from e
+    return call
+
+
+def _packaged_text_encoder(path: Path) -> nn.Module | None:
+    """The text encoder of a folder whose ``text_encoder/`` weights were left out because they are the installed
+    all-MiniLM-L6-v2 package's (:func:`fdistill.text_encoders.strip_packaged_text_encoder`), else ``None``."""
+    from fdistill.teachers.latent import _transformers_class
+    from fdistill.text_encoders import PACKAGED_MARKER, WEIGHTS_FILE, load_text_encoder
+
+    folder = path / "text_encoder"
+    if not (folder / PACKAGED_MARKER).is_file() or (folder / WEIGHTS_FILE).is_file():
+        return None
+    cls = _transformers_class(str(path), None, "text_encoder", "AutoModel")
+    return load_text_encoder(folder, cls).eval()
+
+
+def _float32_outputs(module: nn.Module) -> None:
+    """Under bf16 autocast, hand ``module``'s output tensors back in float32: the stock schedulers cast their
+    state to the model output's dtype, and the sampler state stays float32 this way (as the EDM path keeps it)."""
+
+    def hook(_module: nn.Module, _args: Any, out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, tuple):  # the pipelines call the UNet with return_dict=False
+            return tuple(o.float() if isinstance(o, torch.Tensor) else o for o in out)
+        return out
+
+    module.register_forward_hook(hook)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _quiet_expected_lcm_warning() -> None:
+    """Silence ``LCMScheduler``'s per-call warning that the first custom timestep is not T-1: an exported student's
+    single step at ``t_init`` is exactly what :mod:`fdistill.export_sd` intends."""
+    lcm_log = logging.getLogger("diffusers.schedulers.scheduling_lcm")
+    if not any(isinstance(f, _DropMessage) for f in lcm_log.filters):
+        lcm_log.addFilter(_DropMessage("on the custom timestep schedule is"))
+
+
+def load_sd_pipeline(path: Path, device: torch.device) -> StableDiffusionPipeline:
+    """A stock ``StableDiffusionPipeline`` from an SD-style folder: float32 weights on ``device``, no safety checker,
+    progress bar off; a text encoder stripped of the packaged MiniLM weights takes them from the package."""
+    from diffusers import StableDiffusionPipeline
+
+    extra: dict[str, Any] = {}
+    text_encoder = _packaged_text_encoder(path)
+    if text_encoder is not None:
+        extra["text_encoder"] = text_encoder
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    if any(p.dtype != torch.float32 for m in modules for p in m.parameters()):  # a half-precision folder
+        pipe = pipe.to(torch.float32)
+    pipe = pipe.to(device)
+    _quiet_expected_lcm_warning()
+    if device.type == "cuda":
+        _float32_outputs(pipe.unet)
+    return pipe
+
+
+def load_sd_teacher(path: Path, device: torch.device) -> StableDiffusionPipeline:
+    """The SD-style teacher folder of a text-to-image student, as a stock ``StableDiffusionPipeline`` with a
+    deterministic DPM-Solver++ 2M scheduler built from the folder's scheduler config (``timestep_spacing="trailing"``:
+    the first of any number of steps is t = T-1, pure noise, where the distillation's teacher samples start too)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    if not is_sd_folder(path):
+        raise DemoSetupError(f"no Stable-Diffusion teacher folder at {path} ({SD_LAYOUT})")
+    try:
+        pipe = load_sd_pipeline(path, device)
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+            pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
+        return pipe
+    except Exception as e:
+        raise DemoSetupError(f"cannot load the teacher checkpoint {path}: {_one_line(e)}") from e
+
+
+def _per_request(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    """A pipeline sharing ``pipe``'s networks with its own scheduler: the stock pipeline keeps per-call state (the
+    scheduler's timesteps and step index, the guidance scale) on itself, so concurrent requests must not share one."""
+    clone = type(pipe)(**{**pipe.components, "scheduler": copy.deepcopy(pipe.scheduler)}, requires_safety_checker=False)
+    clone.set_progress_bar_config(disable=True)
+    return clone
+
+
+def _hw(size: Any) -> tuple[int, int]:
+    """A diffusers ``sample_size`` (an int or a pair) as ``(height, width)``."""
+    return (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[1]))
+
+
+def example_prompts(path: Path, k: int = NUM_EXAMPLES) -> list[str]:
+    """Up to ``k`` fixed prompts spread evenly over the student folder's ``prompts.txt`` (``[]`` without one)."""
+    try:
+        lines = (path / "prompts.txt").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    prompts = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if len(prompts) <= k:
+        return prompts
+    return [prompts[i * len(prompts) // k] for i in range(k)]
+
+
+def recorded_teacher(student_path: Path, card: dict[str, Any]) -> Path | None:
+    """The teacher folder an exported SD student records: ``teacher`` in its ``fdistill_export.json``, else in its
+    ``card.json`` (``latent:PATH``, as the trainer writes it). A relative path is tried from the working directory,
+    then from the repository root; the first recorded path is returned even when it is not here (``None``: none)."""
+    from fdistill.export_sd import EXPORT_FILE
+
+    try:
+        export = json.loads((student_path / EXPORT_FILE).read_text())
+    except (OSError, ValueError):
+        export = {}
+    first: Path | None = None
+    for value in (export.get("teacher") if isinstance(export, dict) else None, card.get("teacher")):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        path = Path(value.strip().removeprefix("latent:")).expanduser()
+        for candidate in [path] if path.is_absolute() else [path, REPO_ROOT / path]:
+            if is_sd_folder(candidate):
+                return candidate
+        first = first or path
+    return first
 
 
 def _read_card(path: Path) -> dict[str, Any]:
@@ -210,6 +405,7 @@ class GenerationResult:
     teacher_ms: float | None = None
     teacher_nfe: int | None = None
     cfg_scale: float | None = None
+    teacher_sampler: str | None = None
 
 
 def _as_int(value: Any, name: str, lo: int, hi: int, hint: str = "") -> int:
@@ -223,13 +419,18 @@ def _as_int(value: Any, name: str, lo: int, hi: int, hint: str = "") -> int:
 class DemoEngine:
     """The student, the optional teacher, the device, and :meth:`generate` with input validation.
 
-    Thread-safe for concurrent requests: the networks are only read, and each request has its own generator.
+    Thread-safe for concurrent requests: the networks are only read, each request has its own generator, and each
+    request to a stock ``StableDiffusionPipeline`` runs its own copy of the pipeline object (own scheduler).
 
     Args:
-        student_path: exported student folder; ``None``: ``$FDISTILL_STUDENT`` or ``checkpoints/fmnist_student``.
-        teacher_path: teacher EDMUNet folder; ``None``: ``$FDISTILL_TEACHER`` or ``checkpoints/fmnist_teacher``
-            (the default is optional: when it is absent the teacher comparison is disabled; a path the user names
-            must load).
+        student_path: exported student folder (a ``OneStepPipeline`` folder, or a text-to-image
+            ``StableDiffusionPipeline`` folder from :mod:`fdistill.export_sd`); ``None``: ``$FDISTILL_STUDENT`` or
+            ``checkpoints/fmnist_student``.
+        teacher_path: the teacher: an EDMUNet folder, or for a text-to-image student its SD-style teacher folder;
+            ``None``: ``$FDISTILL_TEACHER``, else ``checkpoints/fmnist_teacher`` (the teacher the text-to-image
+            student's ``fdistill_export.json``/``card.json`` records, for such a student). The default is optional:
+            when it is absent or belongs to another student the teacher comparison is disabled; a path the user
+            names must load and match.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         load_teacher: ``False`` skips the teacher altogether.
     """
@@ -245,36 +446,37 @@ class DemoEngine:
         self.student_path, _ = resolve_checkpoint(student_path, STUDENT_ENV, DEFAULT_STUDENT)
         self.pipe = load_student_checkpoint(self.student_path, self.device)
         self.card = _read_card(self.student_path)
-        cfg = self.pipe.config
-        self.text_conditional = bool(cfg.get("text_conditional", False))
-        self.num_classes = 0 if self.text_conditional else int(self.pipe.num_classes)
-        names = list(cfg.get("class_names", None) or [])
-        if self.num_classes and len(names) != self.num_classes:
-            names = [str(i) for i in range(self.num_classes)]  # a student exported without names: use the ids
-        self.class_names = names if self.num_classes else []
-        unet_cfg = self.pipe.unet.config
-        self.image_shape = (int(unet_cfg.in_channels), int(unet_cfg.sample_size), int(unet_cfg.sample_size))
+        #: a stock StableDiffusionPipeline student (text-to-image, exported by fdistill.export_sd)
+        self.sd = type(self.pipe).__name__ == SD_PIPELINE
+        self.student_call: dict[str, Any] = {}
+        if self.sd:
+            self.student_call = sd_one_step_call(self.student_path)
+            self.text_conditional, self.num_classes, self.class_names = True, 0, []
+            unet_cfg = self.pipe.unet.config
+            h, w = _hw(unet_cfg.sample_size)
+            f = int(self.pipe.vae_scale_factor)
+            self.latent_shape = (int(unet_cfg.in_channels), h, w)
+            self.image_shape = (int(self.pipe.vae.config.out_channels), h * f, w * f)
+        else:
+            cfg = self.pipe.config
+            self.text_conditional = bool(cfg.get("text_conditional", False))
+            self.num_classes = 0 if self.text_conditional else int(self.pipe.num_classes)
+            names = list(cfg.get("class_names", None) or [])
+            if self.num_classes and len(names) != self.num_classes:
+                names = [str(i) for i in range(self.num_classes)]  # a student exported without names: use the ids
+            self.class_names = names if self.num_classes else []
+            unet_cfg = self.pipe.unet.config
+            self.image_shape = (int(unet_cfg.in_channels), int(unet_cfg.sample_size), int(unet_cfg.sample_size))
+            self.latent_shape = self.image_shape
+        #: a few fixed prompts of the student's prompts.txt, shown under the prompt box
+        self.examples = example_prompts(self.student_path) if self.text_conditional else []
 
-        self.teacher: EDMUNet | None = None
+        self.teacher: EDMUNet | StableDiffusionPipeline | None = None
         self.teacher_path: Path | None = None
+        self.teacher_sampler = SD_SAMPLER if self.sd else EDM_SAMPLER
         self.teacher_note = "not loaded (--no-teacher)"
         if load_teacher:
-            path, named = resolve_checkpoint(teacher_path, TEACHER_ENV, DEFAULT_TEACHER)
-            self.teacher_path = path
-            if self.text_conditional:
-                self.teacher_note = "not used with a text-conditional student"
-            elif named or (path / "config.json").is_file():
-                self.teacher = load_teacher_checkpoint(path, self.device)
-                self.teacher_note = f"`{path}` (EDM Heun sampler)"
-                try:
-                    self._check_teacher()
-                except DemoSetupError as e:
-                    if named:  # the user asked for this teacher: refuse to start
-                        raise
-                    # the default teacher belongs to another student: serve the student alone and say why
-                    self.teacher, self.teacher_note = None, f"off: the default {e}"
-            else:
-                self.teacher_note = f"none found at `{path}`: the comparison is off (start with --teacher PATH)"
+            self._load_teacher(teacher_path)
 
         if self.device.type == "cuda":
             self.device_name = torch.cuda.get_device_name(self.device)
@@ -285,7 +487,52 @@ class DemoEngine:
         self._warm_up()
 
     # -- setup helpers
+    def _load_teacher(self, teacher_path: str | Path | None) -> None:
+        named_here = (teacher_path is not None and str(teacher_path) != "") or bool(os.environ.get(TEACHER_ENV))
+        path: Path | None
+        if self.sd and not named_here:
+            path, named = recorded_teacher(self.student_path, self.card), False
+        else:
+            path, named = resolve_checkpoint(teacher_path, TEACHER_ENV, DEFAULT_TEACHER)
+        self.teacher_path = path
+        if self.text_conditional and not self.sd:
+            self.teacher_note = "not used with a text-conditional student"
+            return
+        if path is None:
+            self.teacher_note = "none recorded in the student's card: the comparison is off (start with --teacher PATH)"
+            return
+        found = is_sd_folder(path) if self.sd else (path / "config.json").is_file()
+        if not (named or found):
+            self.teacher_note = f"none found at `{path}`: the comparison is off (start with --teacher PATH)"
+            return
+        if self.sd:
+            self.teacher = self._load_sd_teacher(path)
+            self.teacher_note = f"`{path}` (stock {SD_PIPELINE}, {SD_SAMPLER})"
+        else:
+            self.teacher = load_teacher_checkpoint(path, self.device)
+            self.teacher_note = f"`{path}` ({EDM_SAMPLER} sampler)"
+        try:
+            self._check_teacher()
+        except DemoSetupError as e:
+            if named:  # the user asked for this teacher: refuse to start
+                raise
+            # the default teacher belongs to another student: serve the student alone and say why
+            self.teacher, self.teacher_note = None, f"off: the {'recorded' if self.sd else 'default'} {e}"
+
+    def _load_sd_teacher(self, path: Path) -> StableDiffusionPipeline:
+        if not is_sd_folder(path):
+            kind = "an EDMUNet folder" if (path / "config.json").is_file() else "no Stable-Diffusion folder"
+            raise DemoSetupError(
+                f"teacher {path} is {kind}, but the student {self.student_path} is a text-to-image {SD_PIPELINE}: "
+                f"pass the SD-style teacher folder it was distilled from ({SD_LAYOUT}) with --teacher, "
+                "or --no-teacher"
+            )
+        return load_sd_teacher(path, self.device)
+
     def _check_teacher(self) -> None:
+        if self.sd:
+            self._check_sd_teacher()
+            return
         t = self.teacher
         if tuple(t.sample_shape) != self.image_shape:
             raise DemoSetupError(
@@ -298,14 +545,30 @@ class DemoEngine:
                 f"{self.student_path} has {self.num_classes}; pass the teacher it was distilled from (--teacher)"
             )
 
+    def _check_sd_teacher(self) -> None:
+        t, hint = self.teacher, "pass the teacher it was distilled from (--teacher)"
+        latent = (int(t.unet.config.in_channels), *_hw(t.unet.config.sample_size))
+        if latent != self.latent_shape:
+            raise DemoSetupError(
+                f"teacher {self.teacher_path} makes {latent} latents but the student {self.student_path} makes "
+                f"{self.latent_shape}; {hint}"
+            )
+        widths = [getattr(p.text_encoder.config, "hidden_size", None) for p in (t, self.pipe)]
+        if widths[0] != widths[1]:
+            raise DemoSetupError(
+                f"teacher {self.teacher_path} has a text encoder of hidden size {widths[0]} but the student "
+                f"{self.student_path} has {widths[1]}; {hint}"
+            )
+
     def _warm_up(self) -> None:
         """One tiny call per network: fails at start (not on the first user) and keeps lazy init out of latencies."""
         labels = [0] if self.num_classes else None
+        prompt = (self.examples or ["warm up"])[0] if self.sd else None
         checks: list[tuple[Path | None, Any]] = []
-        if not self.text_conditional:
-            checks.append((self.student_path, lambda: self._run_student(1, labels, 0)))
+        if not self.text_conditional or self.sd:
+            checks.append((self.student_path, lambda: self._run_student(1, labels, 0, prompt)))
         if self.teacher is not None:
-            checks.append((self.teacher_path, lambda: self._run_teacher(1, labels, 0, nfe=1, cfg_scale=1.0)))
+            checks.append((self.teacher_path, lambda: self._run_teacher(1, labels, 0, 1, 1.0, prompt)))
         for path, run in checks:
             try:
                 run()
@@ -326,6 +589,16 @@ class DemoEngine:
 
     # -- generation
     @property
+    def min_cfg(self) -> float:
+        """The smallest teacher CFG scale: 1 for the stock SD pipeline (diffusers guides only for w > 1), else 0."""
+        return 1.0 if self.sd else 0.0
+
+    @property
+    def guidable(self) -> bool:
+        """Whether the teacher's CFG scale does anything: a conditional (class or text) teacher."""
+        return bool(self.num_classes) or self.sd
+
+    @property
     def class_choices(self) -> list[str]:
         return [*self.class_names, ALL_CLASSES] if self.num_classes else []
 
@@ -339,15 +612,35 @@ class DemoEngine:
             return [self.class_names.index(class_name)] * n
         raise ValueError(f"unknown class {class_name!r}; accepted: {', '.join(map(repr, self.class_choices))}")
 
+    def initial_noise(self, n: int, seed: int) -> torch.Tensor:
+        """``z``: the first CPU draw of ``seed``, ``(n, *latent_shape)``, the starting noise of student and teacher."""
+        return torch.randn((n, *self.latent_shape), generator=torch.Generator().manual_seed(seed))
+
     def _run_student(self, n: int, labels: list[int] | None, seed: int, prompt: str | None = None) -> torch.Tensor:
+        if self.sd:  # the stock pipeline with the exact call fdistill_export.json records, on z
+            pipe, z = _per_request(self.pipe), self.initial_noise(n, seed).to(self.device)
+            with torch.inference_mode(), self._precision():
+                images = pipe([prompt] * n, latents=z, output_type="pt", **self.student_call).images
+            return images.float() * 2 - 1  # [0, 1] -> the demo's [-1, 1]
         kwargs: dict[str, Any] = {"prompt": [prompt] * n} if self.text_conditional else {"class_labels": labels}
         with torch.inference_mode(), self._precision():
             return self.pipe(batch_size=n, seed=seed, output_type="pt", **kwargs).images.float()
 
-    def _run_teacher(self, n: int, labels: list[int] | None, seed: int, nfe: int, cfg_scale: float) -> torch.Tensor:
+    def _run_teacher(
+        self, n: int, labels: list[int] | None, seed: int, nfe: int, cfg_scale: float, prompt: str | None = None
+    ) -> torch.Tensor:
         """EDM Heun from ``sigma_max * z``, ``z`` the same first CPU draw of ``seed`` as the student's. The sampler's
         state lives on the CPU (so the noise is identical on every device); each evaluation runs on the device,
-        with the conditional and unconditional CFG branches in one batch of 2N."""
+        with the conditional and unconditional CFG branches in one batch of 2N. An SD teacher runs its stock
+        pipeline (DPM-Solver++ 2M, ``nfe`` steps, ``guidance_scale=cfg_scale``) on the student's ``z``."""
+        if self.sd:
+            pipe, z = _per_request(self.teacher), self.initial_noise(n, seed).to(self.device)
+            with torch.inference_mode(), self._precision():
+                images = pipe(
+                    [prompt] * n, latents=z, num_inference_steps=nfe, guidance_scale=cfg_scale, output_type="pt"
+                ).images
+            return images.float() * 2 - 1
+
         from fdistill.sampling import edm_heun_sampler
 
         net, dev = self.teacher, self.device
@@ -388,6 +681,10 @@ class DemoEngine:
             prompt = (prompt or "").strip()
             if not prompt:
                 raise ValueError("the prompt is empty: describe the image to generate")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(
+                    f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
+                )
             labels, subject, names, captions = None, f"“{prompt}”", [prompt] * n, [None] * n
         else:
             labels = self.labels_for(class_name, n)
@@ -399,8 +696,10 @@ class DemoEngine:
             if self.teacher is None:
                 raise ValueError(f"no teacher is loaded ({self.teacher_note.replace('`', '')})")
             nfe = _as_int(teacher_nfe, "teacher NFE", 1, MAX_NFE)
-            if cfg_scale is None or not 0.0 <= float(cfg_scale) <= MAX_CFG:
-                raise ValueError(f"CFG scale must be in 0..{MAX_CFG:g} (1 = off), got {cfg_scale!r}")
+            lo = self.min_cfg
+            if cfg_scale is None or isinstance(cfg_scale, bool) or not lo <= float(cfg_scale) <= MAX_CFG:
+                why = " (the Stable-Diffusion pipeline guides only above 1)" if self.sd else ""
+                raise ValueError(f"CFG scale must be in {lo:g}..{MAX_CFG:g} (1 = off){why}, got {cfg_scale!r}")
 
         self._sync()
         t0 = time.perf_counter()
@@ -409,10 +708,13 @@ class DemoEngine:
         result = GenerationResult(seed, subject, names, captions, student.cpu(), (time.perf_counter() - t0) * 1e3)
         if run_teacher:
             t0 = time.perf_counter()
-            result.teacher = self._run_teacher(n, labels, seed, nfe, float(cfg_scale))
+            result.teacher = self._run_teacher(
+                n, labels, seed, nfe, float(cfg_scale), prompt if self.text_conditional else None
+            ).cpu()
             self._sync()
             result.teacher_ms = (time.perf_counter() - t0) * 1e3
             result.teacher_nfe, result.cfg_scale = nfe, float(cfg_scale)
+            result.teacher_sampler = self.teacher_sampler
         log.info(
             "seed=%d n=%d student=%.1fms teacher=%s",
             seed,
@@ -454,7 +756,11 @@ def gallery(r: GenerationResult, which: str, scale: int, request_id: str) -> lis
     model = (
         {"model": "one-step student", "nfe": 1}
         if which == "student"
-        else {"model": "teacher (EDM Heun)", "nfe": r.teacher_nfe, "cfg_scale": r.cfg_scale}
+        else {
+            "model": f"teacher ({r.teacher_sampler or EDM_SAMPLER})",
+            "nfe": r.teacher_nfe,
+            "cfg_scale": r.cfg_scale,
+        }
     )
     n = images.shape[0]
     meta = [
@@ -465,6 +771,7 @@ def gallery(r: GenerationResult, which: str, scale: int, request_id: str) -> lis
 
 
 def info_markdown(r: GenerationResult, engine: DemoEngine) -> str:
+    """The seed, the latency table (NFE = network calls) and the speed-up of one request."""
     n = r.student.shape[0]
     rows = [
         "| model | NFE | latency | per image |",
@@ -477,15 +784,23 @@ def info_markdown(r: GenerationResult, engine: DemoEngine) -> str:
         "",
     ]
     if r.teacher_ms is not None:
-        cfg = "off" if r.cfg_scale == 1.0 or not engine.num_classes else f"w = {r.cfg_scale:g}, 2 passes per NFE"
+        cfg = "off" if r.cfg_scale == 1.0 or not engine.guidable else f"w = {r.cfg_scale:g}, 2 passes per NFE"
+        sampler = r.teacher_sampler or EDM_SAMPLER
         rows.append(
-            f"| teacher (EDM Heun, CFG {cfg}) | {r.teacher_nfe} | {r.teacher_ms:.1f} ms | {r.teacher_ms / n:.2f} ms |"
+            f"| teacher ({sampler}, CFG {cfg}) | {r.teacher_nfe} | {r.teacher_ms:.1f} ms | {r.teacher_ms / n:.2f} ms |"
         )
+        same = "prompt" if engine.text_conditional else "labels"
         lines += rows + [
             "",
             f"**Speed-up: {r.teacher_ms / max(r.student_ms, 1e-6):.1f}x** "
-            "(teacher latency / student latency, same seed, labels and starting noise)",
+            f"(teacher latency / student latency, same seed, {same} and starting noise)",
         ]
+        if engine.sd:
+            lines += [
+                "",
+                f"Teacher NFE = {SD_SAMPLER} steps = UNet calls; with CFG each call evaluates the prompt and the "
+                "empty prompt in one batch of 2N. Both latencies include the text encoder and the VAE decoder.",
+            ]
     else:
         lines += rows + ["", "Tick *also run the teacher* to compare against the multi-step teacher."]
     return "\n".join(lines)
@@ -494,7 +809,10 @@ def info_markdown(r: GenerationResult, engine: DemoEngine) -> str:
 def header_markdown(engine: DemoEngine) -> str:
     card = engine.card
     what = [f"NFE 1, {engine.image_shape[1]}x{engine.image_shape[2]}"]
-    if engine.text_conditional:
+    if engine.sd:
+        t_init = engine.student_call["timesteps"][0]
+        what.append(f"text-to-image, stock {SD_PIPELINE} at t_init {t_init}")
+    elif engine.text_conditional:
         what.append("text-conditional")
     elif engine.num_classes:
         what.append(f"{engine.num_classes} classes")
@@ -538,12 +856,12 @@ def create_demo(
 
         Args:
             class_name: a class name of the student, or "All classes (cycled)"; ignored by text-conditional students.
-            prompt: text prompt; used only by text-conditional students.
+            prompt: text prompt (any text); used only by text-conditional students.
             seed: -1 for a random seed, else 0..4294967295; the seed used is returned.
             num_images: number of images, 1..16.
-            run_teacher: also sample the multi-step teacher for the same seed and labels.
-            teacher_nfe: teacher denoiser evaluations (EDM Heun), 1..79.
-            cfg_scale: teacher classifier-free guidance scale, 0..10 (1 = off).
+            run_teacher: also sample the multi-step teacher for the same seed and labels (or prompt).
+            teacher_nfe: teacher network evaluations, 1..79 (EDM Heun; DPM-Solver++ steps for an SD teacher).
+            cfg_scale: teacher classifier-free guidance scale, 0..10 (1 = off; 1..10 for an SD teacher).
 
         Returns:
             the student gallery, the teacher gallery (empty unless run_teacher), the info Markdown, the seed used.
@@ -578,16 +896,25 @@ def create_demo(
                 prompt = gr.Textbox(
                     "",
                     label="Prompt",
-                    placeholder="describe the image",
+                    placeholder="describe the image (any text)",
                     visible=engine.text_conditional,
                     elem_id="prompt",
                 )
+                if engine.examples:  # a few prompts of the student's prompts.txt; a click fills the box
+                    gr.Examples(
+                        [[p] for p in engine.examples],
+                        inputs=[prompt],
+                        label="Example prompts",
+                        elem_id="examples",
+                        cache_examples=False,
+                        examples_per_page=NUM_EXAMPLES,
+                    )
                 # no minimum/maximum on the seed: the engine's check names the field and the accepted range
                 seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
                 num_images = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Number of images", elem_id="num-images")
                 run_teacher = gr.Checkbox(
                     False,
-                    label="Also run the teacher (same seed and labels)",
+                    label=f"Also run the teacher (same seed and {'prompt' if engine.text_conditional else 'labels'})",
                     interactive=has_teacher,
                     elem_id="run-teacher",
                     info=None if has_teacher else f"teacher {engine.teacher_note.replace('`', '')}",
@@ -597,17 +924,17 @@ def create_demo(
                     MAX_NFE,
                     value=DEFAULT_NFE,
                     step=1,
-                    label="Teacher NFE (EDM Heun)",
+                    label=f"Teacher NFE ({engine.teacher_sampler}{' steps' if engine.sd else ''})",
                     interactive=has_teacher,
                     elem_id="teacher-nfe",
                 )
                 cfg_scale = gr.Slider(
-                    0.0,
+                    engine.min_cfg,
                     MAX_CFG,
                     value=1.0,
                     step=0.1,
                     label="Teacher CFG scale (1 = off)",
-                    interactive=has_teacher and conditional,
+                    interactive=has_teacher and engine.guidable,
                     elem_id="cfg-scale",
                 )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -664,26 +991,36 @@ def launch_demo(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fdistill demo",
-        description="Serve the Gradio demo of a one-step student: class, seed and count in, a gallery out, and "
-        "optionally the teacher's gallery for the same seed with both latencies and the speed-up.",
-        epilog="The same page runs with `python app/app.py [options]`. Offline defaults: HF_HUB_OFFLINE=1, "
-        "GRADIO_ANALYTICS_ENABLED=False (set them in the environment to override). API: "
-        "gradio_client.Client(URL).predict(class_name, prompt, seed, num_images, run_teacher, teacher_nfe, "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the Gradio demo of a one-step student: class (or prompt), seed and count in, a gallery\n"
+        "out, and optionally the teacher's gallery for the same seed with both latencies and the speed-up.",
+        epilog="examples:\n"
+        f"  fdistill demo                  # {DEFAULT_STUDENT} next to {DEFAULT_TEACHER}\n"
+        "  fdistill demo --checkpoint checkpoints/emoji_student --teacher checkpoints/emoji_teacher\n"
+        "                                 # text-to-image: a prompt box, the stock StableDiffusionPipeline\n"
+        "  fdistill demo --checkpoint runs/x/student --teacher runs/t/ema --port 7861\n"
+        "\n"
+        "The same page runs with `python app/app.py [options]`. Offline defaults: HF_HUB_OFFLINE=1,\n"
+        "GRADIO_ANALYTICS_ENABLED=False (set them in the environment to override). API:\n"
+        "gradio_client.Client(URL).predict(class_name, prompt, seed, num_images, run_teacher, teacher_nfe,\n"
         'cfg_scale, api_name="/generate").',
     )
     p.add_argument(
         "--checkpoint",
         default=None,
         metavar="PATH",
-        help=f"exported student (OneStepPipeline folder) (default: ${STUDENT_ENV}, else {DEFAULT_STUDENT} "
-        "in the working directory or the repository)",
+        help="exported student: a OneStepPipeline folder, or a text-to-image StableDiffusionPipeline folder "
+        f"from fdistill.export_sd (default: ${STUDENT_ENV}, else {DEFAULT_STUDENT} in the working directory or "
+        "the repository)",
     )
     p.add_argument(
         "--teacher",
         default=None,
         metavar="PATH",
-        help=f"teacher EDMUNet folder for the side-by-side comparison (default: ${TEACHER_ENV}, else "
-        f"{DEFAULT_TEACHER} if it exists; without one the comparison is off)",
+        help="teacher for the side-by-side comparison: an EDMUNet folder, or the SD-style teacher folder of a "
+        f"text-to-image student (default: ${TEACHER_ENV}, else {DEFAULT_TEACHER} if it exists, or for a "
+        "text-to-image student the teacher its fdistill_export.json/card.json records; without one the "
+        "comparison is off)",
     )
     p.add_argument("--no-teacher", action="store_true", help="do not load a teacher (default: load it)")
     p.add_argument(
