@@ -84,6 +84,7 @@ COMMANDS = {
         "train a small CLIP-like caption-match reward model",
     ),
     "eval": (_delegate("fdistill.evaluate"), "FID/KID/precision/recall of a student, folder or .npz"),
+    "eval-t2i": (_delegate("fdistill.eval_t2i"), "text-to-image metrics: caption match, R-precision, FD, diversity"),
     "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
     "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),
     "demo": (_delegate("fdistill.demo"), "serve the Gradio demo of a one-step student"),

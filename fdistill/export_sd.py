@@ -80,6 +80,11 @@ def _frozen_component(teacher, name: str, dtype: torch.dtype) -> nn.Module:
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(path, subfolder=folder, torch_dtype=dtype, variant=variant)
+    from fdistill.text_encoders import load_text_encoder
+
+    local = Path(path).expanduser() / folder
+    if local.is_dir():
+        return load_text_encoder(local, type(module), variant=variant).to(dtype)
     return type(module).from_pretrained(path, subfolder=folder, variant=variant).to(dtype)
 
 

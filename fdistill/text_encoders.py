@@ -152,6 +152,7 @@ def load_text_encoder(folder: str | Path, model_class=None, **kwargs) -> nn.Modu
     folder = Path(folder)
     cls = model_class or AutoModel
     if (folder / PACKAGED_MARKER).is_file() and not (folder / WEIGHTS_FILE).is_file():
+        kwargs.pop("variant", None)  # the package ships one variant
         config = AutoConfig.from_pretrained(str(folder))
         return cls.from_pretrained(str(minilm_path()), config=config, **kwargs)
     return cls.from_pretrained(str(folder), **kwargs)

@@ -548,7 +548,14 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
         )
         vae = AutoencoderKL.from_pretrained(root, subfolder=_join(sub, "vae"), torch_dtype=dtype, variant=variant)
         enc_cls = _transformers_class(root, sub, "text_encoder", "AutoModel")
-        text_encoder = enc_cls.from_pretrained(root, subfolder=_join(sub, "text_encoder"), variant=variant).to(dtype)
+        te_dir = Path(root) / _join(sub, "text_encoder")
+        if te_dir.is_dir():  # local: also folders shipped without the packaged MiniLM weights (text_encoders.py)
+            from fdistill.text_encoders import load_text_encoder
+
+            text_encoder = load_text_encoder(te_dir, enc_cls, variant=variant).to(dtype)
+        else:
+            text_encoder = enc_cls.from_pretrained(root, subfolder=_join(sub, "text_encoder"), variant=variant)
+            text_encoder = text_encoder.to(dtype)
         tok_cls = _transformers_class(root, sub, "tokenizer", "AutoTokenizer")
         tokenizer = tok_cls.from_pretrained(root, subfolder=_join(sub, "tokenizer"))
         sched_cfg = DDPMScheduler.load_config(root, subfolder=_join(sub, "scheduler"))
