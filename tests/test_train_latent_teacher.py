@@ -115,3 +115,25 @@ def test_sd_latent_needs_a_vae(parts, tmp_path):
         train_teacher(load_teacher_config(None, args))
     with pytest.raises(ConfigError, match="model='pixel'"):
         load_teacher_config(None, ["model=pixel"])
+
+
+def test_stripped_text_encoder_loads_and_restores(parts, tmp_path, monkeypatch):
+    """Shipped SD folders leave out the packaged MiniLM weights: the latent teacher loads them from the package,
+    ``restore_packaged_text_encoder`` copies them back; a different text encoder is never stripped."""
+    import shutil
+
+    import fdistill.text_encoders as te
+    from fdistill.config import TeacherConfig
+    from fdistill.teachers.latent import load_latent_teacher
+
+    _, sd = parts
+    folder = shutil.copytree(sd, tmp_path / "sd")
+    (folder / "prompts.txt").write_text("a\nb\n")
+    assert not te.strip_packaged_text_encoder(folder)  # the real MiniLM differs from this tiny CLIP encoder
+    monkeypatch.setattr(te, "minilm_path", lambda: sd / "text_encoder")  # the "package" is this encoder
+    assert te.strip_packaged_text_encoder(folder) and not (folder / "text_encoder" / te.WEIGHTS_FILE).exists()
+    cfg = TeacherConfig(kind="latent", path=str(folder), prompts_file=str(folder / "prompts.txt"))
+    x, s, c = torch.randn(1, 4, 8, 8), torch.ones(1), torch.tensor([1])
+    d_stripped = load_latent_teacher(cfg).denoise(x, s, c)
+    assert te.restore_packaged_text_encoder(folder) and (folder / "text_encoder" / te.WEIGHTS_FILE).is_file()
+    torch.testing.assert_close(load_latent_teacher(cfg).denoise(x, s, c), d_stripped)
