@@ -62,6 +62,7 @@ from fdistill.rewards import (
     clip_preprocess,
     text_tower_fingerprint,
 )
+from fdistill.train.checkpoint import publish_dir
 
 __all__ = [
     "augment",
@@ -605,13 +606,7 @@ def train_caption_match(
             info["validation_run"] = {k: vinfo[k] for k in keep}
         (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.md").write_text(_card(info))
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # safetensors writes its file 0600
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -8,6 +8,7 @@ run killed while saving never leaves a half-written "latest"; ``latest`` is the 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -53,6 +54,24 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint folder (use 'latest' or a step_XXXXXXXX dir)")
     return path
+
+
+def publish_dir(tmp: str | Path, final: str | Path, world_readable: bool = True) -> Path:
+    """Replace folder ``final`` by the fully written folder ``tmp`` (rename, so readers never see a half-written
+    one; the previous ``final`` is removed only after the swap). ``world_readable``: safetensors writes 0600 files,
+    a shipped model should be 0644."""
+    tmp, final = Path(tmp), Path(final)
+    if world_readable:
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(0o644)
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, keep: int) -> Path:

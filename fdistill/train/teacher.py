@@ -367,6 +367,8 @@ def build_recipe(cfg: TeacherTrainConfig, device) -> EDMRecipe:
 
 def _export(net: torch.nn.Module, run_dir: Path, info: dict, save=None) -> Path:
     """EMA network -> ``run_dir/teacher`` (``save(net, folder)``; default ``save_pretrained``), replaced atomically."""
+    from fdistill.train.checkpoint import publish_dir
+
     final, tmp = run_dir / "teacher", run_dir / ".teacher_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if save is None:
@@ -374,13 +376,7 @@ def _export(net: torch.nn.Module, run_dir: Path, info: dict, save=None) -> Path:
     else:
         save(net, tmp)
     (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    old = run_dir / ".teacher_old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return publish_dir(tmp, final, world_readable=False)
 
 
 class _GracefulStop:

@@ -309,12 +309,12 @@ Made with: `{info.get("command", "")}`
 def save_vae(vae, out_dir: str | Path, info: dict, images: Tensor | None = None, n_show: int = 16) -> Path:
     """Write ``vae`` (safetensors + config.json), ``training_info.json``, ``README.md`` and (given ``images``)
     ``recon.png`` to ``out_dir``, replacing an existing folder atomically (temp dir, then rename)."""
+    from fdistill.train.checkpoint import publish_dir
     from fdistill.train.teacher import save_image_grid
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     info = {**info, "path": info.get("path", str(out))}
     vae.save_pretrained(tmp, safe_serialization=True)
@@ -325,14 +325,7 @@ def save_vae(vae, out_dir: str | Path, info: dict, images: Tensor | None = None,
         with torch.no_grad():
             x_hat = vae.decode(vae.encode(x.to(vae.device)).latent_dist.mean).sample.cpu().clamp(-1, 1)
         save_image_grid(torch.cat([x, x_hat]), tmp / "recon.png", nrow=len(x))
-    for f in tmp.iterdir():  # the safetensors writer leaves 0600; a shipped checkpoint is world-readable
-        f.chmod(0o644)
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return publish_dir(tmp, out)
 
 
 def train_vae(
