@@ -332,42 +332,18 @@ def train_vae(
     images: Tensor,
     out_dir: str | Path,
     *,
-    steps: int,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    kl_weight: float = 1e-6,
-    block_out_channels: Sequence[int] = (32, 64, 64),
-    latent_channels: int = 4,
-    layers_per_block: int = 1,
-    seed: int = 0,
-    log_every: int = 50,
-    progress: bool = True,
-    max_minutes: float | None = None,
-    device: str | torch.device = "cpu",
     name: str | None = None,
     data: str | None = None,
     command: str | None = None,
+    **fit_kwargs: Any,
 ) -> Path:
-    """:func:`fit_vae` then :func:`save_vae`: train on ``images`` (N, C, H, W) in [-1, 1] and save to ``out_dir``.
+    """:func:`fit_vae` (``fit_kwargs``: ``steps``, ``batch_size``, ``lr``, ...) then :func:`save_vae`: train on
+    ``images`` (N, C, H, W) in [-1, 1] and save to ``out_dir``.
 
     ``name``, ``data`` and ``command`` only go into the card and ``training_info.json`` (``command`` defaults to
     this process's command line). Returns ``out_dir``.
     """
-    vae, info = fit_vae(
-        images,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        kl_weight=kl_weight,
-        block_out_channels=block_out_channels,
-        latent_channels=latent_channels,
-        layers_per_block=layers_per_block,
-        seed=seed,
-        log_every=log_every,
-        progress=progress,
-        max_minutes=max_minutes,
-        device=device,
-    )
+    vae, info = fit_vae(images, **fit_kwargs)
     info["name"] = name or Path(out_dir).name
     info["data"] = data or "images"
     info["command"] = command if command is not None else shlex.join([Path(sys.executable).name, *sys.argv])
