@@ -775,8 +775,8 @@ Resolved config (`runs/.../config.yaml`):
 
 {grid_line}
 
-TODO(eval): FID (Inception, 10k samples vs. the Fashion-MNIST test set) at NFE 9 / 17 / 35, with and without
-CFG, once `fdistill eval` is in place. Not measured yet.
+Inception FID per NFE: `fdistill eval STUDENT_OR_TEACHER --reference fashion_mnist:test --teacher-nfe 9,17,35`
+(the numbers of the shipped teacher are in `checkpoints/fmnist_student/README.md`).
 
 ## Refresh this folder from the run
 
