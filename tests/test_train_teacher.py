@@ -126,7 +126,7 @@ def test_resume_is_bit_exact(tmp_path):
     card = export_card(a, tmp_path / "card")
     assert (card / "diffusion_pytorch_model.safetensors").is_file() and (card / "samples.png").is_file()
     readme = (card / "README.md").read_text()
-    assert "| steps | 5 (batch 8) |" in readme and "TODO(eval)" in readme
+    assert "| steps | 5 (batch 8) |" in readme and "--teacher-nfe 9,17,35" in readme
     assert main([f"output_dir={tmp_path / 'nothing'}", "--export", str(tmp_path / "x")]) == 2
 
 
