@@ -15,26 +15,11 @@ from fdistill.train.teacher import load_teacher_config, main, train_teacher
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    """A tiny VAE (16 px -> 4x8x8 latents) and a tiny SD folder whose text encoder/tokenizer the teacher uses."""
-    from diffusers import AutoencoderKL
-
+    """A tiny SD folder: its VAE (16 px -> 4x8x8 latents) and its text encoder/tokenizer serve the new teacher."""
     from fdistill.teachers.latent import save_tiny_latent_teacher
 
-    root = tmp_path_factory.mktemp("latent_parts")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    vae.save_pretrained(root / "vae")
-    return root / "vae", save_tiny_latent_teacher(root / "sd", max_length=8)
+    sd = save_tiny_latent_teacher(tmp_path_factory.mktemp("latent_parts") / "sd", max_length=8)
+    return sd / "vae", sd
 
 
 def _overrides(parts, out, steps=4):
