@@ -54,6 +54,9 @@ __all__ = [
     "sigma_to_timestep",
     "tiny_clip_tokenizer",
     "timestep_to_sigma",
+    "vae_decode",
+    "vae_encode",
+    "vae_factors",
 ]
 
 #: UNet modules that get LoRA adapters (attention, feed-forward, ResNet convs and time projections: the list
@@ -305,6 +308,40 @@ class LatentDenoiserNet(nn.Module):
         return [f.float() for f in feats]
 
 
+# ---- the autoencoder -------------------------------------------------------------------------------
+
+
+def vae_factors(vae: nn.Module) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of a diffusers VAE (no shift = 0, as in SD 1.x/2.x)."""
+    cfg = vae.config
+    return float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0)
+
+
+def vae_decode(vae: nn.Module, latents: Tensor) -> Tensor:
+    """Images in about ``[-1, 1]`` from latents ``scaling_factor * (E(x) - shift)`` (differentiable, not clamped)."""
+    scale, shift = vae_factors(vae)
+    return vae.decode((latents.float() / scale + shift).to(vae.dtype)).sample.float()
+
+
+@torch.no_grad()
+def vae_encode(
+    vae: nn.Module,
+    images: Tensor,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Latents ``scaling_factor * (E(x) - shift)`` of images in ``[-1, 1]`` (posterior mean, or a sample), in
+    float32 on the VAE's device."""
+    scale, shift = vae_factors(vae)
+    out = []
+    for chunk in images.split(batch_size):
+        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mean
+        out.append((z.float() - shift) * scale)
+    return torch.cat(out)
+
+
 # ---- the teacher -----------------------------------------------------------------------------------
 
 
@@ -439,29 +476,16 @@ class LatentTeacher(Teacher):
         return LatentDenoiserNet(unet, self._alphas_cumprod, self.prediction_type, self.prompt_table, self.sigma_data)
 
     # -- autoencoder
-    def _vae_factors(self) -> tuple[float, float]:
-        cfg = self.vae.config
-        return float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0)
-
     def decode(self, latents: Tensor) -> Tensor:
         """Images in about ``[-1, 1]`` from latents through the VAE decoder (differentiable, not clamped)."""
-        scale, shift = self._vae_factors()
-        z = latents.float() / scale + shift
-        return self.vae.decode(z.to(self.vae.dtype)).sample.float()
+        return vae_decode(self.vae, latents)
 
     @torch.no_grad()
     def encode(
         self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None, batch_size: int = 64
     ) -> Tensor:
         """Latents ``scaling_factor * (E(x) - shift)`` of images in ``[-1, 1]`` (posterior mean, or a sample)."""
-        scale, shift = self._vae_factors()
-        device = self.vae.device
-        out = []
-        for chunk in images.split(batch_size):
-            dist = self.vae.encode(chunk.to(device, self.vae.dtype)).latent_dist
-            z = dist.sample(generator) if sample else dist.mean
-            out.append((z.float() - shift) * scale)
-        return torch.cat(out)
+        return vae_encode(self.vae, images, sample, generator, batch_size)
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """Images to the VAE's input: 3 channels (grey repeated), ``image_size`` square (area/bilinear resize)."""

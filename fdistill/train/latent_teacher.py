@@ -63,10 +63,9 @@ class LatentRecipe:
         return err.flatten(1).mean(1) / sigma.float() ** 2
 
     def decode(self, latents: Tensor) -> Tensor:
-        cfg = self.vae.config
-        shift = float(getattr(cfg, "shift_factor", None) or 0.0)
-        z = latents.float() / float(cfg.scaling_factor) + shift
-        return self.vae.decode(z.to(self.vae.device)).sample.float().clamp(-1, 1)
+        from fdistill.teachers.latent import vae_decode
+
+        return vae_decode(self.vae, latents).clamp(-1, 1)
 
     @torch.no_grad()
     def sample_grid(
@@ -144,7 +143,7 @@ def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
     docstring). ``dataset`` is an in-memory image set whose ``class_names[label]`` is each image's caption."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from fdistill.teachers.latent import LatentDenoiserNet, PromptTable, ddpm_sigmas
+    from fdistill.teachers.latent import LatentDenoiserNet, PromptTable, ddpm_sigmas, vae_encode
 
     lc = cfg.latent
     if not lc.vae_path:
@@ -175,11 +174,7 @@ def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
         images = images.repeat(1, 3, 1, 1)
     if images.shape[-1] != size:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
-    scale, shift = float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
-    with torch.no_grad():
-        latents = torch.cat(
-            [(vae.encode(c.to(device)).latent_dist.mean.float() - shift) * scale for c in images.split(128)]
-        ).cpu()
+    latents = vae_encode(vae, images, batch_size=128).cpu()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     down, up = _down_up_types(len(lc.block_out_channels), list(lc.cross_attention_levels))
     unet = UNet2DConditionModel(
