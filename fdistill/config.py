@@ -99,7 +99,7 @@ class MethodConfig:
 class RewardConfig:
     kind: str = "none"  # none | gmm_component | classifier | clip | preference
     component: int = 0  # gmm_component: reward = log N(x; mu_k, s_k^2 I) of this component
-    path: str | None = None  # classifier / clip / preference weights: a local folder or a hub id
+    path: str | None = None  # clip / preference: a folder or hub id; classifier: a folder (default: the shipped one)
     tokenizer_path: str | None = None  # clip / preference: tokenizer folder or hub id (None = reward.path)
     scale: float | None = None  # score = scale * cos(image, text); None = 100 (clip), logit_scale.exp() (preference)
     dtype: str = "float32"  # clip / preference: reward model precision: float32 | bfloat16 | float16

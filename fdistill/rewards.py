@@ -3,6 +3,10 @@
 - :class:`GMMComponentReward`: the exact log-density of one component of the Gaussian-mixture teacher, so reward
   alignment is measurable exactly: maximising it moves mass towards that component while the score-divergence
   regulariser keeps the student close to the teacher.
+- :class:`ClassifierReward`: ``R(x, y) = log p_phi(y | x)``, the log-probability of the conditioning class under an
+  image classifier (the Fashion-MNIST classifier of ``checkpoints/fmnist_classifier`` by default): the reward of
+  classifier guidance (Dhariwal & Nichol 2021), for class-conditional pixel teachers; ``cond=None`` scores the most
+  likely class, ``max_y log p_phi(y | x)``.
 - :class:`CLIPReward`: CLIP score (Radford et al. 2021; Hessel et al. 2021, "CLIPScore", ``w = 100``) of the
   decoded image against its prompt, ``R = scale * cos(E_img(x), E_txt(c))``, without CLIPScore's ``max(., 0)``
   (which would zero the gradient of badly aligned samples).
@@ -63,6 +67,34 @@ class GMMComponentReward:
         v = self.teacher.stds[self.component] ** 2
         d = x.shape[1]
         return -0.5 * ((x - mu) ** 2).sum(1) / v - 0.5 * d * torch.log(2 * torch.pi * v)
+
+
+class ClassifierReward(nn.Module):
+    """``R(x, y) = log softmax(f_phi(x))_y`` for images ``x`` in [-1, 1] of shape (B, 1, 28|32, 28|32).
+
+    Unlike the proxy-FID input (:func:`fdistill.metrics.proxy.prepare_proxy_input`) nothing is quantised, so the
+    gradient reaches the generator; 28-px images are padded with the background value as the classifier was trained.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, device: str | torch.device = "cpu") -> ClassifierReward:
+        from fdistill.metrics.proxy import load_proxy_classifier
+
+        return cls(load_proxy_classifier(path, device))
+
+    def forward(self, x0: Tensor, cond: Tensor | None = None) -> Tensor:
+        if x0.ndim != 4 or x0.shape[1] != 1 or x0.shape[-1] not in (28, 32):
+            raise ValueError(f"reward.kind=classifier expects (B, 1, 28|32, 28|32) images, got {tuple(x0.shape)}")
+        if x0.shape[-1] == 28:
+            x0 = F.pad(x0, (2, 2, 2, 2), value=-1.0)
+        logp = self.classifier(x0.float()).log_softmax(-1)
+        if cond is None:
+            return logp.max(-1).values
+        return logp.gather(1, cond.long().view(-1, 1)).squeeze(1)
 
 
 def clip_preprocess(
@@ -307,10 +339,13 @@ def build_reward(cfg, teacher: Teacher) -> RewardFn | None:
         if cfg.teacher.kind != "gmm":
             raise ValueError("reward.kind=gmm_component needs teacher.kind=gmm")
         return GMMComponentReward(teacher, cfg.reward.component)
+    params = list(teacher.parameters()) if hasattr(teacher, "parameters") else []
+    device = params[0].device if params else "cpu"
+    if kind == "classifier":
+        return ClassifierReward.from_pretrained(cfg.reward.path, device)
     if kind in ("clip", "preference"):
         cls = CLIPReward if kind == "clip" else PreferenceReward
         prompts = getattr(teacher, "prompts", None) or getattr(teacher, "class_names", None) or []
-        params = list(teacher.parameters())
         return cls.from_pretrained(
             cfg.reward.path,
             prompts,
@@ -318,9 +353,9 @@ def build_reward(cfg, teacher: Teacher) -> RewardFn | None:
             tokenizer_path=getattr(cfg.reward, "tokenizer_path", None),
             scale=getattr(cfg.reward, "scale", None),
             dtype=getattr(torch, getattr(cfg.reward, "dtype", "float32")),
-            device=params[0].device if params else "cpu",
+            device=device,
         )
-    raise NotImplementedError(f"reward.kind={kind!r} is not available yet; use gmm_component, clip, preference or none")
+    raise ValueError(f"unknown reward.kind={kind!r}; use none, gmm_component, classifier, clip or preference")
 
 
 def save_tiny_clip_model(path: str | Path, image_size: int = 16, seed: int = 0) -> Path:
