@@ -88,7 +88,7 @@ COMMANDS = {
     "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
     "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),
     "demo": (_delegate("fdistill.demo"), "serve the Gradio demo of a one-step student"),
-    "bench": (_delegate("fdistill.bench"), "benchmarks (gmm: every method on mixtures)"),
+    "bench": (_delegate("fdistill.bench"), "benchmarks: gmm (mixtures), image (speed, cost), image-fid (FID table)"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"gmm": "fdistill.bench.gmm", "image": "fdistill.bench.image"}
+BENCHES = {"gmm": "fdistill.bench.gmm", "image": "fdistill.bench.image", "image-fid": "fdistill.bench.image_fid"}
 
 
 def main(argv: list[str]) -> int:
