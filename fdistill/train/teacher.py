@@ -776,7 +776,7 @@ Resolved config (`runs/.../config.yaml`):
 {grid_line}
 
 Inception FID per NFE: `fdistill eval STUDENT_OR_TEACHER --reference fashion_mnist:test --teacher-nfe 9,17,35`
-(the numbers of the shipped teacher are in `checkpoints/fmnist_student/README.md`).
+(the numbers of the shipped teacher are in `checkpoints/fmnist_teacher/eval_inception_500.json`).
 
 ## Refresh this folder from the run
 
