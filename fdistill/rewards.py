@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fdistill.metrics.clip_score import as_embedding
+from fdistill.metrics.proxy import load_proxy_classifier, pad_to_classifier_size
 from fdistill.teachers.base import Teacher
 from fdistill.text_encoders import MINILM_DISTRIBUTION as MINILM_PACKAGE_NAME  # the text_model value of the package
 
@@ -82,16 +83,12 @@ class ClassifierReward(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | None = None, device: str | torch.device = "cpu") -> ClassifierReward:
-        from fdistill.metrics.proxy import load_proxy_classifier
-
         return cls(load_proxy_classifier(path, device))
 
     def forward(self, x0: Tensor, cond: Tensor | None = None) -> Tensor:
         if x0.ndim != 4 or x0.shape[1] != 1 or x0.shape[-1] not in (28, 32):
             raise ValueError(f"reward.kind=classifier expects (B, 1, 28|32, 28|32) images, got {tuple(x0.shape)}")
-        if x0.shape[-1] == 28:
-            x0 = F.pad(x0, (2, 2, 2, 2), value=-1.0)
-        logp = self.classifier(x0.float()).log_softmax(-1)
+        logp = self.classifier(pad_to_classifier_size(x0.float())).log_softmax(-1)
         if cond is None:
             return logp.max(-1).values
         return logp.gather(1, cond.long().view(-1, 1)).squeeze(1)
@@ -339,8 +336,8 @@ def build_reward(cfg, teacher: Teacher) -> RewardFn | None:
         if cfg.teacher.kind != "gmm":
             raise ValueError("reward.kind=gmm_component needs teacher.kind=gmm")
         return GMMComponentReward(teacher, cfg.reward.component)
-    params = list(teacher.parameters()) if hasattr(teacher, "parameters") else []
-    device = params[0].device if params else "cpu"
+    first_param = next(iter(teacher.parameters()), None) if hasattr(teacher, "parameters") else None
+    device = first_param.device if first_param is not None else "cpu"
     if kind == "classifier":
         return ClassifierReward.from_pretrained(cfg.reward.path, device)
     if kind in ("clip", "preference"):

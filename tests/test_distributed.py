@@ -39,13 +39,9 @@ def test_ddp_two_processes(tmp_path, method):
 @pytest.mark.parametrize("disc_features", ["fake", "teacher"])
 def test_ddp_two_processes_image_teacher(tmp_path, disc_features):
     """The README's main job shape (pixel UNet teacher, f-distill JS + GAN on real images) under DDP."""
-    import torch
+    from test_image_distill import save_tiny_fmnist_teacher
 
-    from fdistill.nets.unet import EDMUNet
-
-    torch.manual_seed(0)
-    EDMUNet(sample_size=32, in_channels=1, block_out_channels=(8, 16), attention_levels=(), num_classes=10,
-            norm_num_groups=4, attention_head_dim=8).save_pretrained(tmp_path / "teacher")  # fmt: skip
+    save_tiny_fmnist_teacher(tmp_path / "teacher")
     cmd = [
         *LAUNCH, "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fdistill", "distill",

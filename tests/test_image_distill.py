@@ -27,13 +27,17 @@ METHOD_ARGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
+def save_tiny_fmnist_teacher(path) -> None:
     """A random 32 px, 1-channel, 10-class EDMUNet: the shape of the Fashion-MNIST teacher, a fraction of its size."""
-    path = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
     EDMUNet(sample_size=32, in_channels=1, block_out_channels=(8, 16), attention_levels=(), num_classes=10,
             norm_num_groups=4, attention_head_dim=8).save_pretrained(path)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher")
+    save_tiny_fmnist_teacher(path)
     return path
 
 

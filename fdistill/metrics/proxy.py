@@ -120,6 +120,12 @@ def load_proxy_classifier(path: str | Path | None = None, device: str | torch.de
     return model.to(device).eval().requires_grad_(False)
 
 
+def pad_to_classifier_size(x: Tensor) -> Tensor:
+    """28x28 images (values in [-1, 1]) -> 32x32, padded with the background value -1 as the classifier was trained;
+    32x32 images pass unchanged."""
+    return F.pad(x, (2, 2, 2, 2), value=-1.0) if x.shape[-1] == 28 else x
+
+
 def prepare_proxy_input(images: Tensor) -> Tensor:
     """uint8 [0, 255] or float [-1, 1] (N, 1|3, 28|32, 28|32) -> float (N, 1, 32, 32) on the uint8 grid in [-1, 1]."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -132,10 +138,7 @@ def prepare_proxy_input(images: Tensor) -> Tensor:
     x = images.float() if images.dtype == torch.uint8 else quantize_uint8(images).float()
     if x.shape[1] == 3:
         x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).round()
-    x = x / 127.5 - 1
-    if x.shape[-1] == 28:
-        x = F.pad(x, (2, 2, 2, 2), value=-1.0)
-    return x
+    return pad_to_classifier_size(x / 127.5 - 1)
 
 
 _REF_CACHE: dict[tuple, FeatureStats] = {}
