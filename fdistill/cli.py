@@ -13,6 +13,19 @@ import logging
 import os
 import sys
 
+
+class ArgumentError(Exception):
+    """A bad command line; the command's ``main`` prints it in one line and returns 2."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`ArgumentError` instead of printing the usage block and
+    exiting, so ``main`` reports bad input in one line and returns 2 (``--help`` still exits 0)."""
+
+    def error(self, message: str) -> None:
+        raise ArgumentError(message)
+
+
 DISTILL_EPILOG = """\
 overrides are dotted key=value pairs applied on top of CONFIG, e.g.
   fdistill distill configs/gmm8.yaml method.name=fdistill method.divergence=js train.steps=2000

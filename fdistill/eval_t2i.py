@@ -71,6 +71,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fdistill.cli import ArgumentError, OneLineArgumentParser
+
 if TYPE_CHECKING:
     from fdistill.metrics.inception import InceptionFeatureExtractor
     from fdistill.rewards import CLIPReward
@@ -611,15 +613,6 @@ example:
 """
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the usage block
-        raise _ArgumentError(message)
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -668,7 +661,7 @@ def _student_spec(text: str) -> tuple[str | None, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="fdistill eval-t2i",
         description="Text-to-image metrics of a latent teacher and one-step students on the same prompts and noise: "
         "caption match, R-precision, FD (caption-match features), diversity, ms/img.",
@@ -805,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _ArgumentError as e:
+    except ArgumentError as e:
         print(f"fdistill eval-t2i: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help

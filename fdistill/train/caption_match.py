@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdistill.cli import ArgumentError, OneLineArgumentParser
 from fdistill.rewards import (
     MINILM_PACKAGE_NAME,
     TEXT_TOWER_FILE,
@@ -612,14 +613,8 @@ def train_caption_match(
     return out_dir
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line on stderr, exit code 2 (argparse prints the usage too)
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="python -m fdistill.train.caption_match",
         description="Train the emoji caption-match model (CLIP with a locked MiniLM text tower, LiT) used as a "
         "Diff-Instruct* reward: reward.kind=preference reward.path=OUT.",
@@ -662,7 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:
+    except ArgumentError as e:
+        print(f"error: {e} (see --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
         return int(e.code or 0)
     try:
         if args.threads is not None:

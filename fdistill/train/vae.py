@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fdistill.cli import ArgumentError, OneLineArgumentParser
+
 __all__ = ["build_vae", "fit_vae", "latent_stats", "main", "reconstruction_metrics", "save_vae", "train_vae"]
 
 
@@ -357,15 +359,6 @@ def train_vae(
 _SIZED = ("emoji", "synthetic", "captioned_folder")  # data sets whose loader takes ``size``
 
 
-class _ArgError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line on stderr (main returns 2), not argparse's usage block
-        raise _ArgError(message)
-
-
 def _channels(text: str) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in text.split(",") if v.strip())
@@ -379,7 +372,7 @@ def _channels(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     from fdistill.data import DATASETS
 
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="fdistill train-vae",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
@@ -439,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-    except _ArgError as e:
+    except ArgumentError as e:
         print(f"error: {e} (see --help)", file=sys.stderr)
         return 2
     if args.data not in DATASETS:
