@@ -343,30 +343,39 @@ def test_bins_are_uniform_in_log_sigma():
     assert m.bin_of(torch.tensor([SIGMA_MIN, SIGMA_MAX], dtype=DT)).tolist() == [0, 9]
 
 
+def _ratio_method(ema: float, min_count: float):
+    method = build(_ratio_cfg(ema))
+    method.ratio_means.min_count = min_count  # not a config key: the pooling threshold of sparse bins
+    return method
+
+
 def test_ratio_normalisation_mean_one_per_bin():
-    method = build(_ratio_cfg(ema=0.0))
+    """ema 0 and bins holding min_count samples: FastGen's per-bin mean of the current batch (test_ratio_
+    normalization.py covers small batches, where bins below min_count pool with their neighbours)."""
+    method = _ratio_method(ema=0.0, min_count=50)
     sigma = _sigma_in_bins([1, 4, 8], per_bin=50, seed=0)
     b, logit = _ratio_inputs(sigma, seed=1)
     h, r = method.weights(b, logit)
     torch.testing.assert_close(h, r.to(h.dtype))
     idx = _bin(sigma)
     r_raw = logit.exp()
+    stats = method.ratio_means
     for k in range(10):
         rows = idx == k
         if rows.any():
-            # E_q[r] = 1 in every occupied bin (up to the +1e-6 and float32: 1e-5)
+            # E_q[r] = 1 in every occupied bin (up to the +1e-6: 1e-5)
             assert r[rows].double().mean().item() == pytest.approx(1.0, abs=1e-5)
             expected = r_raw[rows] / (r_raw[rows].mean() + 1e-6)
             torch.testing.assert_close(r[rows].double(), expected, rtol=1e-6, atol=0)
-            assert method.ratio_means.means[k].item() == pytest.approx(r_raw[rows].mean().item(), rel=1e-6)
-            assert bool(method.ratio_means.seen[k])
+            assert stats.bin_means()[k].item() == pytest.approx(r_raw[rows].mean().item(), rel=1e-12)
+            assert stats.counts[k].item() == 50 and stats.sums[k].item() == pytest.approx(r_raw[rows].sum().item())
         else:
-            assert method.ratio_means.means[k].item() == 1.0 and not bool(method.ratio_means.seen[k])
-    assert {1, 4, 8} == {k for k in range(10) if bool(method.ratio_means.seen[k])}
+            assert stats.counts[k].item() == 0 and stats.sums[k].item() == 0
 
 
 def test_ratio_normalisation_ema_and_state_dict():
-    method = build(_ratio_cfg(ema=0.5))
+    """Decayed sums and counts: after two batches a bin's mean is (ema S1 + S2) / (ema C1 + C2)."""
+    method = _ratio_method(ema=0.5, min_count=0)
     s1 = _sigma_in_bins([2, 5], per_bin=40, seed=2)
     s2 = _sigma_in_bins([5, 9], per_bin=40, seed=3)
     b1, l1 = _ratio_inputs(s1, seed=4)
@@ -375,36 +384,41 @@ def test_ratio_normalisation_ema_and_state_dict():
     m1 = {k: l1.exp()[_bin(s1) == k].mean().item() for k in (2, 5)}
     m2 = {k: l2.exp()[_bin(s2) == k].mean().item() for k in (5, 9)}
     _, r2 = method.weights(b2, l2)
-    means = method.ratio_means.means
-    # first sighting of a bin takes the batch mean; afterwards ema * old + (1 - ema) * batch; unseen bins keep theirs
-    expected = {2: m1[2], 5: 0.5 * m1[5] + 0.5 * m2[5], 9: m2[9]}
+    means = method.ratio_means.bin_means()
+    # a bin seen only once is its batch mean; bin 5: (0.5 * 40 m1 + 40 m2) / (0.5 * 40 + 40)
+    expected = {2: m1[2], 5: (m1[5] + 2 * m2[5]) / 3, 9: m2[9]}
     for k, v in expected.items():
-        assert means[k].item() == pytest.approx(v, rel=1e-6)
-    for k in set(range(10)) - set(expected):
-        assert means[k].item() == 1.0
+        assert means[k].item() == pytest.approx(v, rel=1e-12)
     idx2 = _bin(s2)
     for k in (5, 9):
         rows = idx2 == k
         torch.testing.assert_close(r2[rows].double(), l2.exp()[rows] / (expected[k] + 1e-6), rtol=1e-6, atol=0)
-    # the running means are module state: saved and restored with the method
+    # the running statistics are module state: saved and restored with the method
     state = method.state_dict()
-    assert {"ratio_means.means", "ratio_means.seen"} <= set(state)
-    restored = build(_ratio_cfg(ema=0.5))
+    assert {"ratio_means.sums", "ratio_means.counts"} <= set(state)
+    restored = _ratio_method(ema=0.5, min_count=0)
     restored.load_state_dict(state)
     b3, l3 = _ratio_inputs(_sigma_in_bins([2, 9], per_bin=10, seed=6), seed=7)
     torch.testing.assert_close(restored.weights(b3, l3), method.weights(b3, l3), rtol=0, atol=0)
-    fresh = build(_ratio_cfg(ema=0.5))
+    fresh = _ratio_method(ema=0.5, min_count=0)
     assert not torch.allclose(fresh.weights(b3, l3)[1], restored.weights(b3, l3)[1])
 
 
+def test_ratio_normalisation_loads_a_checkpoint_of_the_former_per_batch_means():
+    """A checkpoint with the former buffers (means, seen) loads; the statistics start afresh."""
+    method = build(_ratio_cfg(0.5))
+    method.load_state_dict({"ratio_means.means": torch.full((10,), 3.0), "ratio_means.seen": torch.ones(10).bool()})
+    assert method.ratio_means.counts.sum().item() == 0 and method.ratio_means.bin_means().tolist() == [1.0] * 10
+
+
 def test_ratio_normalisation_reaches_the_generator_gradient(world):
-    """Through generator_loss: d/dx0 = r / bin-mean(r) (D_q - D_p) / numel for kl (normalize=False)."""
+    """Through generator_loss: d/dx0 = r / mean(r) (D_q - D_p) / numel for kl (normalize=False); 16 samples are
+    far below min_count, so every bin pools to the global mean of the batch."""
     cfg = _ratio_cfg(ema=0.0)
     _, _, g_x0, b = world.run(cfg)
     x_t = b.x_t.detach()
     r = world.logit_net(x_t, b.sigma).exp()
-    idx = _bin(b.sigma)
-    norm = torch.stack([r[idx == k].mean() for k in idx]) + 1e-6
+    norm = r.mean() + 1e-6
     cfg_dir = (world.fake(x_t, b.sigma) - world.teacher(x_t, b.sigma)) / (
         (b.x0.detach() - world.teacher(x_t, b.sigma)).abs().mean((1, 2, 3), keepdim=True)
     )
@@ -442,7 +456,8 @@ def test_sid_drops_nonfinite_rows_loss(world, normalize, value):
 CFGS_NAN = {
     "sid": MethodConfig(name="sid", alpha=1.2),
     "sim": MethodConfig(name="sim"),
-    "uni_instruct": MethodConfig(name="uni_instruct", divergence="js"),
+    # normalize_h off: with it the batch mean of h is over the kept rows (test_nonfinite_rows.py)
+    "uni_instruct": MethodConfig(name="uni_instruct", divergence="js", normalize_h=False),
     "di_star": MethodConfig(name="di_star"),
     "dmd": MethodConfig(name="dmd"),
     "dmd_unnormalized": MethodConfig(name="dmd", normalize=False),
@@ -474,3 +489,46 @@ def test_nonfinite_rows_do_not_poison_the_gradient(world, name, value):
         assert torch.all(g_x0[BAD] == 0)
     torch.testing.assert_close(g_x0[keep], g_clean[keep], **EXACT)
     assert all(torch.isfinite(g).all() for g in grads), f"{name}: non-finite generator-parameter gradient"
+
+
+# ------------------------------------------------------------------------------------------------
+# one discriminator forward per generator step
+# ------------------------------------------------------------------------------------------------
+
+
+class CountingLogit:
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x_t, sigma, cond=None):
+        self.calls += 1
+        return self.fn(x_t, sigma, cond)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MethodConfig(name="fdistill", divergence="js", gan_weight=0.3),
+        MethodConfig(name="fdistill", divergence="js", gan_weight=0.3, ratio_bins=0),
+        MethodConfig(name="uni_instruct", divergence="js", gan_weight=0.3),
+    ],
+    ids=["fdistill-js-bins", "fdistill-js", "uni_instruct-js"],
+)
+def test_gan_term_and_ratio_share_one_discriminator_forward(world, cfg):
+    """With gan_weight > 0 and a ratio divergence the logit is computed once: the GAN term differentiates it and
+    the ratio weight uses it (detached for f-distill). Loss and gradient equal the two-forward version: the ratio
+    part alone (gan_weight = 0) plus gan_weight * softplus(-logit(x_t)) from a separate forward."""
+    from dataclasses import replace
+
+    counter = CountingLogit(world.logit_net)
+    la, ga, _, _ = world.run(cfg, logit=counter)
+    assert counter.calls == 1
+    counter0 = CountingLogit(world.logit_net)
+    lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0), logit=counter0)
+    assert counter0.calls == 1
+    b2 = world.inputs()
+    gan = torch.nn.functional.softplus(-world.logit_net(b2.x_t, b2.sigma))
+    g_gan = torch.autograd.grad(gan.sum(), list(world.gen.parameters()))
+    torch.testing.assert_close(la, lb + 0.3 * gan.detach(), **EXACT)
+    for a, bb, gg in zip(ga, gb, g_gan, strict=True):
+        torch.testing.assert_close(a, bb + 0.3 * gg, **EXACT)

@@ -138,7 +138,10 @@ def pseudo_target_loss(x0: Tensor, direction: Tensor) -> Tensor:
     return 0.5 * mean_chw((x0 - (x0 - direction).detach()) ** 2)
 
 
-def gan_generator_loss(b: GeneratorInputs) -> Tensor:
-    """Non-saturating generator GAN loss ``softplus(-logit(x_t))`` through the frozen discriminator."""
-    assert b.logit is not None, "this method needs a discriminator (method.gan_weight > 0)"
-    return F.softplus(-b.logit(b.x_t, b.sigma, b.cond))
+def gan_generator_loss(b: GeneratorInputs, logit: Tensor | None = None) -> Tensor:
+    """Non-saturating generator GAN loss ``softplus(-logit(x_t))`` through the frozen discriminator; pass
+    ``logit`` when the method already ran the discriminator on ``x_t`` (one forward for GAN and ratio)."""
+    if logit is None:
+        assert b.logit is not None, "this method needs a discriminator (method.gan_weight > 0)"
+        logit = b.logit(b.x_t, b.sigma, b.cond)
+    return F.softplus(-logit)

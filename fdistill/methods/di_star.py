@@ -4,12 +4,16 @@ Reward-aligned one-step generation: maximise ``alpha_rev * R(x0, c)`` while a sc
 (SIM's pseudo-Huber surrogate, §2.5) keeps the generator close to the reference diffusion. CFG is
 folded into the reference score ("DI*-IN"): ``s_ref = s_c + omega (s_c - s_u)``, the score of the
 reward-tilted reference ``p(x|c) p(c|x)^omega``; in our ``w = 1 means off`` convention the teacher's
-guidance is ``w = 1 + alpha_cfg``. Per-sample loss: ``SIM(x0) - alpha_rev * R(x0, c)``.
+guidance is ``w = 1 + alpha_cfg``. Per-sample loss: ``SIM(x0) - alpha_rev * R(x0, c)``; a row that SIM drops
+(non-finite network output) is dropped whole, reward included.
 """
 
 from __future__ import annotations
 
+import torch
+
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register
+from fdistill.methods.sid import kept_mean
 from fdistill.methods.sim import score_divergence_loss
 from fdistill.noise import SigmaSampler
 
@@ -25,12 +29,16 @@ class DiffInstructStar(Method):
         return 1.0 + float(self.cfg.alpha_cfg)
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        reg, dist = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
-        logs = {"score_distance": dist.mean(), "regularizer": reg.detach().mean()}
+        reg, dist, keep = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
+        logs = {
+            "score_distance": kept_mean(dist, keep),
+            "regularizer": reg.detach().mean(),
+            "dropped": (~keep).sum().float(),
+        }
         loss = reg
         if self.cfg.alpha_rev != 0:
             assert b.reward is not None, "di_star with alpha_rev != 0 needs a reward (reward.kind)"
             reward = b.reward(b.x0, b.cond)
-            loss = loss - self.cfg.alpha_rev * reward
+            loss = torch.where(keep, loss - self.cfg.alpha_rev * reward, 0.0)
             logs["reward"] = reward.detach().mean()
         return MethodOutput(loss, logs)

@@ -2,41 +2,69 @@
 
 Per-sample loss ``(D_p - D_q) . ((D_p - x0) - alpha (D_p - D_q)) / wf`` with ``wf = sg(mean|x0 - D_p|)``
 and the frozen networks differentiated through ``x_t``. In score form this is
-``sigma^4 [u.(s_q - grad log q(x_t|x0)) + (1 - alpha) |u|^2] / wf`` with ``u = s_p - s_q``:
-``alpha = 0.5`` is the exact Fisher-divergence gradient, ``alpha = 1`` freezes the sampling
-distribution (= SIM with ``d = |.|^2``, up to a factor 2). Samples with non-finite values are dropped.
+``sigma^4 [u.(s_q - grad log q(x_t|x0)) + (1 - alpha) |u|^2] / wf`` with ``u = s_p - s_q`` over the whole
+sample: ``alpha = 0.5`` is the exact Fisher-divergence gradient, ``alpha = 1`` freezes the sampling
+distribution (= SIM with ``d = |.|^2``, up to a factor 2). Samples with non-finite values are dropped exactly
+(:func:`frozen_denoisers`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_normalizer, register, sum_chw
 from fdistill.noise import SigmaSampler, append_dims
 
 
-def frozen_denoisers(b: GeneratorInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x0, D_p, D_q, keep)`` with gradients flowing through ``x_t`` into both frozen networks.
+class Frozen(NamedTuple):
+    x0: Tensor
+    d_p: Tensor
+    d_q: Tensor
+    keep: Tensor  # (B,) bool: rows whose values are all finite
+    logit: Tensor | None  # the discriminator on the same x_t, when asked for
 
-    Rows with a non-finite value are replaced by zeros *before* any arithmetic (``keep`` marks the
-    others), so a dropped row contributes an exact zero to the gradient instead of ``0 * nan``.
+
+def frozen_denoisers(b: GeneratorInputs, with_logit: bool = False) -> Frozen:
+    """``x0, D_p, D_q`` (and the logit) on one ``x_t``, differentiable through ``x_t`` into the frozen networks.
+
+    A row with a non-finite value in x0, D_p, D_q (or the logit) is dropped exactly, as if it were not in the
+    batch: its values are replaced by zeros *before* any arithmetic (``keep`` marks the others), and a hook on
+    ``x_t`` zeroes that row of the gradient reaching it, because the backward through a network whose forward
+    produced the NaN multiplies the row's zero gradient by NaN. The networks are per-sample (GroupNorm,
+    attention within a sample), so such a NaN stays in its row. A NaN inside the generator itself cannot be
+    dropped per row: the trainer's non-finite guard skips that step.
     """
     x_t = b.x_t
     d_p, d_q = b.teacher(x_t, b.sigma, b.cond), b.fake(x_t, b.sigma, b.cond)
-    keep = finite_rows(b.x0, d_p, d_q)
+    logit = None
+    if with_logit:
+        assert b.logit is not None, "this method needs a discriminator"
+        logit = b.logit(x_t, b.sigma, b.cond)
+    keep = finite_rows(b.x0, d_p, d_q, *([] if logit is None else [logit]))
+    if x_t.requires_grad:
+        x_t.register_hook(lambda g: torch.where(append_dims(keep, g.ndim), g, 0.0))
     m = append_dims(keep, b.x0.ndim)
-    return torch.where(m, b.x0, 0.0), torch.where(m, d_p, 0.0), torch.where(m, d_q, 0.0), keep
+    x0, d_p, d_q = torch.where(m, b.x0, 0.0), torch.where(m, d_p, 0.0), torch.where(m, d_q, 0.0)
+    return Frozen(x0, d_p, d_q, keep, None if logit is None else torch.where(keep, logit, 0.0))
 
 
-def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+def finite_rows(*tensors: Tensor) -> Tensor:
     """Per-sample mask of rows whose values are all finite (SiD's NaN-sample dropping)."""
     mask = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
     for t in tensors:
-        mask &= torch.isfinite(t.detach()).flatten(1).all(1)
+        mask &= torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(1)
     return mask
 
 
-def sid_weight(x0: torch.Tensor, d_p: torch.Tensor, normalize: bool) -> torch.Tensor:
+def kept_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """Mean of a per-sample log value over the kept rows (0 when none is kept)."""
+    return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)
+
+
+def sid_weight(x0: Tensor, d_p: Tensor, normalize: bool) -> Tensor:
     return l1_normalizer(x0, d_p) if normalize else torch.ones_like(x0)
 
 
@@ -47,7 +75,7 @@ class SiD(Method):
     uses = ("alpha", "normalize", "guidance", "sigma")
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        x0, d_p, d_q, keep = frozen_denoisers(b)
+        x0, d_p, d_q, keep, _ = frozen_denoisers(b)
         diff = d_p - d_q
         loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / sid_weight(x0, d_p, self.cfg.normalize))
         return MethodOutput(torch.where(keep, loss, 0.0), {"dropped": (~keep).sum().float()})

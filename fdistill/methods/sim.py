@@ -2,9 +2,10 @@
 
 Minimises ``E_{pi_t} d(s_p - s_q)`` with the sampling distribution frozen, through the tractable
 surrogate ``d'(u) . (s_q - grad log q(x_t | x0)) = d'(u) . (D_q - x0) / sigma^2`` where ``u = s_p - s_q``
-stays differentiable in ``x_t``. Weighted by ``sigma^4 / wf`` (SiD's weighting) so that ``d = |.|^2``
-gives exactly twice SiD with ``alpha = 1``. Distances: ``pseudo_huber`` ``sqrt(|u|^2 + c^2) - c``
-(SIM's default, Diff-Instruct*'s regulariser) and ``l2`` ``|u|^2``.
+(one vector per sample, all of C*H*W) stays differentiable in ``x_t``. Weighted by ``sigma^4 / wf`` (SiD's
+weighting) so that ``d = |.|^2`` gives exactly twice SiD with ``alpha = 1``. Distances: ``pseudo_huber``
+``sqrt(|u|^2 + c^2) - c`` (SIM's default, Diff-Instruct*'s regulariser) and ``l2`` ``|u|^2``. Non-finite
+rows are dropped exactly (:func:`fdistill.methods.sid.frozen_denoisers`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
-from fdistill.methods.sid import frozen_denoisers, sid_weight
+from fdistill.methods.sid import frozen_denoisers, kept_mean, sid_weight
 from fdistill.noise import SigmaSampler, append_dims
 
 
@@ -31,13 +32,15 @@ def distance_value(u: Tensor, distance: str, c: float) -> Tensor:
     return sq if distance == "l2" else (sq + c**2).sqrt() - c
 
 
-def score_divergence_loss(b: GeneratorInputs, distance: str, c: float, normalize: bool) -> tuple[Tensor, Tensor]:
-    """SIM surrogate per sample and the (detached) distance value d(u) for logging."""
-    x0, d_p, d_q, keep = frozen_denoisers(b)
+def score_divergence_loss(
+    b: GeneratorInputs, distance: str, c: float, normalize: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SIM surrogate per sample, the (detached) distance value d(u) for logging and the kept-rows mask."""
+    x0, d_p, d_q, keep, _ = frozen_denoisers(b)
     s2 = append_dims(b.sigma, x0.ndim) ** 2
     u = (d_p - d_q) / s2
     surrogate = (s2**2 / sid_weight(x0, d_p, normalize)) * distance_gradient(u, distance, c) * (d_q - x0) / s2
-    return torch.where(keep, sum_chw(surrogate), 0.0), distance_value(u.detach(), distance, c)
+    return torch.where(keep, sum_chw(surrogate), 0.0), distance_value(u.detach(), distance, c), keep
 
 
 @register
@@ -47,5 +50,5 @@ class SIM(Method):
     uses = ("distance", "huber_c", "normalize", "guidance", "sigma")
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        loss, dist = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
-        return MethodOutput(loss, {"score_distance": dist.mean()})
+        loss, dist, keep = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
+        return MethodOutput(loss, {"score_distance": kept_mean(dist, keep), "dropped": (~keep).sum().float()})

@@ -1,16 +1,18 @@
 """Uni-Instruct (Wang et al., NeurIPS 2025, arXiv 2505.20755): expanded f-divergence, ALGORITHMS.md §2.7.
 
 ``D_f(p_0 || q_0) = int 1/2 g^2 E_{q_t}[h(r_t) |s_p - s_q|^2] dt``. Its exact tractable surrogate at one
-sigma, with ``u = s_p - s_q`` and the density ratio ``r = exp(logit(x_t))`` differentiated through
-``x_t`` (networks and discriminator frozen), is
+sigma, with ``u = s_p - s_q`` (one vector per sample, all of C*H*W) and the density ratio
+``r = exp(logit(x_t))`` differentiated through ``x_t`` (networks and discriminator frozen), is
 
     (h(r) - r h'(r)) |u|^2 + 2 h(r) u . (s_q - grad log q(x_t | x0)).
 
 Written in denoiser form and weighted by ``sigma^4 / wf`` like SiD:
 ``[(h - r h') |D_p - D_q|^2 + 2 h (D_p - D_q).(D_q - x0)] / wf``. With ``rkl`` (h = 1) this is exactly
 twice SiD with ``alpha = 0.5`` (the Fisher divergence). ``normalize_h`` divides h and r h' by the
-(stop-gradient) batch mean of h: a positive per-batch constant that keeps the scale of the RKL case.
-The released code's batch-mean "ratio" is not reproduced (see ALGORITHMS.md §2.7 caveat).
+(stop-gradient) mean of h over the kept rows of the batch: a positive per-batch constant that keeps the scale
+of the RKL case. The optional GAN term uses the same discriminator forward. Non-finite rows (networks or
+discriminator) are dropped exactly (:func:`fdistill.methods.sid.frozen_denoisers`). The released code's
+batch-mean "ratio" is not reproduced (see ALGORITHMS.md §2.7 caveat).
 """
 
 from __future__ import annotations
@@ -42,14 +44,12 @@ class UniInstruct(Method):
     def needs_discriminator(self) -> bool:
         return self.cfg.divergence != "rkl" or self.cfg.gan_weight > 0
 
-    def ratio_weights(self, b: GeneratorInputs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``h(r)`` and ``h(r) - r h'(r)``, differentiable in ``x_t`` through the discriminator."""
+    def ratio_weights(self, b: GeneratorInputs, logit: Tensor | None, keep: Tensor) -> tuple[Tensor, Tensor, dict]:
+        """``h(r)`` and ``h(r) - r h'(r)``, differentiable in ``x_t`` through the discriminator's ``logit``."""
         if self.cfg.divergence == "rkl":
             one = torch.ones(b.x0.shape[0], device=b.x0.device)
             return one, one, {}
-        assert b.logit is not None, f"uni_instruct with {self.cfg.divergence!r} needs a discriminator"
         # outside the logit clamp and the r clip the r-derivative is zero (the guards FastGen uses for r)
-        logit = b.logit(b.x_t, b.sigma, b.cond)
         logit = logit.to(torch.promote_types(logit.dtype, torch.float32)).clamp(
             -self.cfg.logit_clip, self.cfg.logit_clip
         )
@@ -58,14 +58,17 @@ class UniInstruct(Method):
         h_lin = h - r * self.divergence.h_prime(r)
         if self.cfg.normalize_h:
             with torch.no_grad():
-                total = b.all_reduce_sum(torch.stack([h.sum(), torch.tensor(float(h.numel()), device=h.device)]))
-                scale = total[0] / total[1] + 1e-6
+                kept = torch.where(keep, h, 0.0).sum()
+                total = b.all_reduce_sum(torch.stack([kept, keep.sum().to(kept.dtype)]))
+                scale = total[0] / total[1].clamp_min(1) + 1e-6
             h, h_lin = h / scale, h_lin / scale
         return h, h_lin, {"h_mean": h.detach().mean(), "r_mean": r.detach().mean()}
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        x0, d_p, d_q, keep = frozen_denoisers(b)
-        h, h_lin, logs = self.ratio_weights(b)
+        if self.needs_discriminator:
+            assert b.logit is not None, f"uni_instruct with {self.cfg.divergence!r} needs a discriminator"
+        x0, d_p, d_q, keep, logit = frozen_denoisers(b, with_logit=self.needs_discriminator)
+        h, h_lin, logs = self.ratio_weights(b, logit, keep)
         h, h_lin = torch.where(keep, h, 0.0), torch.where(keep, h_lin, 0.0)
         wf = sid_weight(x0, d_p, self.cfg.normalize)
         diff = d_p - d_q
@@ -73,8 +76,8 @@ class UniInstruct(Method):
         cross = sum_chw(diff * (d_q - x0) / wf)  # sigma^4 u.(s_q - grad log q(x_t|x0)) / wf
         loss = h_lin.to(fisher.dtype) * fisher + 2 * h.to(cross.dtype) * cross
         if self.cfg.gan_weight > 0:
-            gan = gan_generator_loss(b)
+            gan = gan_generator_loss(b, logit)
             loss = loss + self.cfg.gan_weight * gan
             logs["gan_loss"] = gan.mean().detach()
-        logs["fisher"] = fisher.detach().mean()
+        logs.update(fisher=fisher.detach().mean(), dropped=(~keep).sum().float())
         return MethodOutput(torch.where(keep, loss, 0.0), logs)
