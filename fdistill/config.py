@@ -82,17 +82,21 @@ class MethodConfig:
     guidance: float = 1.0  # teacher CFG scale for the reference score, w = 1 means off
     gan_weight: float = 0.0  # dmd, fdistill, uni_instruct: non-saturating GAN term on the generator
     disc_features: str = "fake"  # discriminator head on 'fake' score or 'teacher' encoder features
-    disc_weight: float = 1.0  # weight of the discriminator BCE in the fake-score phase
+    disc_weight: float | None = None  # disc BCE weight in the fake phase; None: 0.01 on fake features (DMD2), else 1
     logit_clip: float = 10.0  # fdistill/uni_instruct: |logit| clamp before r = exp(logit)
     ratio_min: float = 0.1  # fdistill: r clip
     ratio_max: float = 20.0
     ratio_bins: int = 10  # fdistill: per-noise-level E_q[r]=1 normalisation (log-sigma bins; 0 = off)
-    ratio_ema: float = 0.0  # fdistill: EMA of the per-bin means (0 = current batch)
+    ratio_ema: float = 0.99  # fdistill: per-call decay of the per-bin ratio sums and counts (0 = current batch)
     normalize_h: bool = True  # fdistill/uni_instruct: h / batch-mean(h)
     alpha_rev: float = 0.0  # di_star: reward weight
     alpha_cfg: float = 0.0  # di_star: CFG omega folded into the reference score (guidance = 1 + omega)
     sigma: str | None = None  # generator sigma distribution; None = the method's paper default
-    fake_sigma: str = "lognormal"  # sigma distribution of the fake-score DSM loss
+    # SigmaSampler fields over the generator's distribution, e.g. {p_mean: 0.0, p_std: 1.2} or {t_lo: 20, t_hi: 980};
+    # a lognormal without p_mean is EDM's shifted to the teacher's sigma_data (noise.scaled_to_data)
+    sigma_params: dict[str, float] = field(default_factory=dict)
+    fake_sigma: str | None = None  # fake-score DSM distribution: a kind, "same" (the generator's); None = reference's
+    fake_sigma_params: dict[str, float] = field(default_factory=dict)  # as sigma_params, for fake_sigma
 
 
 @dataclass
@@ -113,16 +117,17 @@ class TrainConfig:
     lr_generator: float = 1e-4
     lr_fake: float = 1e-4
     lr_disc: float = 1e-4
-    adam_beta1: float = 0.0
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
+    # null = the method's reference recipe (fdistill/methods/recipes.py), resolved when the config is loaded
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    weight_decay: float | None = None
     fake_updates: int = 1  # fake-score (and discriminator) updates per generator update
     fake_warmup_steps: int = 0  # fake/discriminator-only steps before the generator starts
-    sigma_init: float = 2.5  # G(z) = D_theta(sigma_init z, sigma_init)
+    sigma_init: float | None = None  # G(z) = D_theta(sigma_init z, sigma_init); null = recipe (SiD 2.5, DMD2 80)
     generator_input: str = "ve"  # ve: x_in = sigma_init z; vp: x_in = sqrt(1 + sigma_init^2) z (SD students)
     ema_decay: float = 0.999
-    grad_clip: float = 10.0  # max grad norm for every network; 0 = off
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    grad_clip: float | None = None  # max grad norm for every network; 0 = off; null = recipe (DMD2 10, SiD off)
+    mixed_precision: str = "no"  # no | bf16 (fp16 is refused: see _validate)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
@@ -236,6 +241,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
         )
+    apply_recipe(cfg)
     from fdistill.data import DATASETS
 
     if cfg.data.name not in DATASETS:
@@ -250,13 +256,46 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value} must be >= 1")
     if cfg.train.sigma_init <= 0:
         raise ConfigError(f"train.sigma_init={cfg.train.sigma_init} must be > 0")
-    if cfg.method.sigma is not None:
-        from fdistill.noise import SigmaSampler
-
-        if cfg.method.sigma not in SigmaSampler.KINDS:
-            raise ConfigError(f"method.sigma={cfg.method.sigma!r}; choose one of: {', '.join(SigmaSampler.KINDS)}")
+    if cfg.train.mixed_precision == "fp16":
+        raise ConfigError(
+            "train.mixed_precision=fp16 is refused: the fake score, discriminator and generator share accelerate's one "
+            "GradScaler, which cannot unscale and skip their steps separately; use bf16 (DMD2: fp16 diverged)"
+        )
+    _validate_sigma(cfg.method)
     if cfg.teacher.kind == "gmm":
         _validate_gmm(cfg.teacher)
+
+
+def _validate_sigma(m: MethodConfig) -> None:
+    from dataclasses import fields as dc_fields
+
+    from fdistill.noise import SigmaSampler
+
+    for key, kind, extra in (("sigma", m.sigma, ()), ("fake_sigma", m.fake_sigma, ("same",))):
+        if kind is not None and kind not in (*SigmaSampler.KINDS, *extra):
+            raise ConfigError(f"method.{key}={kind!r}; choose one of: {', '.join((*SigmaSampler.KINDS, *extra))}")
+    numeric = [f.name for f in dc_fields(SigmaSampler) if f.name not in ("kind", "timestep_sigmas")]
+    for key in ("sigma_params", "fake_sigma_params"):
+        bad = [k for k in getattr(m, key) if k not in numeric]
+        if bad:
+            raise ConfigError(f"method.{key} has unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(numeric)}")
+
+
+def apply_recipe(cfg: Config) -> Config:
+    """Fill the ``null`` recipe keys with the method's reference values (fdistill/methods/recipes.py); idempotent."""
+    from fdistill import methods
+    from fdistill.methods.recipes import DISC_WEIGHT, recipe_for
+
+    r, t, m = recipe_for(cfg.method.name), cfg.train, cfg.method
+    for key, value in (("sigma_init", r.sigma_init), ("adam_beta1", r.adam_betas[0]), ("adam_beta2", r.adam_betas[1]),
+                       ("weight_decay", r.weight_decay), ("grad_clip", r.grad_clip)):  # fmt: skip
+        if getattr(t, key) is None:
+            setattr(t, key, value)
+    if m.fake_sigma is None:
+        m.fake_sigma = r.fake_sigma
+    if m.disc_weight is None and "disc_weight" in methods.get(m.name).uses:
+        m.disc_weight = DISC_WEIGHT[m.disc_features]
+    return cfg
 
 
 def _validate_gmm(t: TeacherConfig) -> None:

@@ -4,14 +4,15 @@ One convention for the whole engine (EDM, Karras et al. 2022, Eq. 7): ``x_t = x 
 VP/DDPM teachers (``x_vp = alpha * x + s * eps``) are seen through ``sigma = s / alpha`` and
 ``x_t = x_vp / alpha`` (ALGORITHMS.md §1.2). Each distillation method names the sigma distribution its
 paper uses (ALGORITHMS.md §5.2); every distribution here draws from an explicit ``torch.Generator`` so
-that a resumed run sees the same noise.
+that a resumed run sees the same noise. EDM's lognormal parameters are image values (sigma_data = 0.5):
+:func:`scaled_to_data` shifts them to a teacher's data scale.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -41,6 +42,10 @@ class SigmaSampler:
       ``karras``      u ~ U[0, t_max], sigma = karras(1 - u)                 (SiD, SiDA, Uni-Instruct)
       ``karras_grid`` sigma = karras_1000[randint(lo, hi)] on a 1000-point grid (DMD2, FastGen)
       ``loguniform``  ln sigma ~ U[ln sigma_min, ln sigma_max]
+      ``ddpm_uniform`` t ~ U{t_lo..t_hi} DDPM timesteps, sigma = timestep_sigmas[t]  (DMD2-SD, SiD-LSG: 20..980)
+
+    ``timestep_sigmas`` is the VP teacher's sigma of every training timestep (set by the trainer from
+    ``Teacher.timestep_sigmas``); only ``ddpm_uniform`` reads it.
     """
 
     kind: str = "lognormal"
@@ -52,12 +57,21 @@ class SigmaSampler:
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
     rho: float = 7.0
+    t_lo: int = 20
+    t_hi: int = 980
+    timestep_sigmas: tuple[float, ...] = field(default=(), repr=False)
 
-    KINDS = ("lognormal", "karras", "karras_grid", "loguniform")
+    KINDS = ("lognormal", "karras", "karras_grid", "loguniform", "ddpm_uniform")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
             raise ValueError(f"unknown sigma distribution {self.kind!r}; accepted: {', '.join(self.KINDS)}")
+        if (
+            self.kind == "ddpm_uniform"
+            and self.timestep_sigmas
+            and not 0 <= self.t_lo <= self.t_hi < len(self.timestep_sigmas)
+        ):
+            raise ValueError(f"ddpm_uniform: need 0 <= t_lo <= t_hi < {len(self.timestep_sigmas)} timesteps")
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
         dev = torch.device(device)
@@ -71,8 +85,22 @@ class SigmaSampler:
         if self.kind == "karras_grid":
             idx = torch.randint(self.grid_lo, self.grid_hi + 1, (n,), generator=generator, device=dev)
             return karras_sigma(1 - idx.float() / 999, self.sigma_min, self.sigma_max, self.rho)
+        if self.kind == "ddpm_uniform":
+            if not self.timestep_sigmas:
+                raise ValueError("sigma distribution ddpm_uniform needs a VP (DDPM) teacher's timestep sigmas")
+            t = torch.randint(self.t_lo, self.t_hi + 1, (n,), generator=generator, device=dev)
+            return torch.tensor(self.timestep_sigmas, dtype=torch.float32, device=dev)[t]
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator, device=dev))
+
+
+def scaled_to_data(sampler: SigmaSampler, sigma_data: float) -> SigmaSampler:
+    """EDM's lognormal (P_mean -1.2 for sigma_data 0.5) moved to another data scale: ``p_mean + ln(sigma_data /
+    0.5)``, so the draws sit at the same multiples of the data std (ring8w, sigma_data 2.72: median sigma 1.6).
+    The Karras and DDPM distributions span the teacher's whole range already and are returned unchanged."""
+    if sampler.kind != "lognormal":
+        return sampler
+    return replace(sampler, p_mean=sampler.p_mean + math.log(sigma_data / SIGMA_DATA))
 
 
 def edm_loss_weight(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:

@@ -1,34 +1,50 @@
-"""Every method and divergence on two analytic mixtures, one table and one PNG grid.
+"""Every method on three analytic mixtures, over seeds, one table (median and spread) and one PNG grid.
 
-Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle, unequal weights) and ``far2`` (two modes
-far apart relative to their width, weights 0.7/0.3: the case where mode-seeking divergences should
-drop the light mode and mode-covering ones should keep it). For each run: the exact metrics of
-:mod:`fdistill.metrics.gmm` and the wall time, from the same steps, batch and seed.
+Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal weights); ``far2`` (two modes
+far apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode);
+``ring8w`` (8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the
+independent reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3,
+EMA 0.999, 20,000 evaluation samples). Every run uses the method's own recipe (fdistill/methods/recipes.py)
+for everything the budget does not fix. ``--reference-loop PATH`` also runs an independent minimal loop
+(e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same seeds, so both sides share one machine load.
+Finished runs are reused on a rerun (``--rerun`` starts them again).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 from fdistill.config import load_config
-from fdistill.train.distill import Distiller
 
-FAR2 = [
-    "teacher.means=[[-4.0,0.0],[4.0,0.0]]",
-    "teacher.stds=[0.3,0.3]",
-    "teacher.weights=[0.7,0.3]",
-]
+FAR2 = ["teacher.means=[[-4.0,0.0],[4.0,0.0]]", "teacher.stds=[0.3,0.3]", "teacher.weights=[0.7,0.3]"]
+RING8W = [
+    "teacher.means=[[4,0],[2.828427,2.828427],[0,4],[-2.828427,2.828427],[-4,0],[-2.828427,-2.828427],[0,-4],"
+    "[2.828427,-2.828427]]",
+    "teacher.stds=[0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3]",
+    "teacher.weights=[1,2,3,4,5,6,7,8]",
+    "network.hidden=128", "network.depth=4", "train.batch_size=512", "train.fake_warmup_steps=500",
+    "train.steps=8500", "train.lr_generator=1e-3", "train.lr_fake=1e-3", "train.lr_disc=1e-3",
+    "train.ema_decay=0.999", "train.num_eval_samples=20000", "train.log_every=500",
+]  # fmt: skip
+MIXTURES = {"gmm8": [], "far2": FAR2, "ring8w": RING8W}
 
 VARIANTS: list[tuple[str, list[str]]] = [
     ("di", ["method.name=di"]),
     ("dmd", ["method.name=dmd"]),
     ("dmd+gan", ["method.name=dmd", "method.gan_weight=0.01"]),
     ("sid a=1.2", ["method.name=sid", "method.alpha=1.2"]),
+    ("sid a=1.0", ["method.name=sid", "method.alpha=1.0"]),
     ("sid a=0.5", ["method.name=sid", "method.alpha=0.5"]),
     ("sim huber", ["method.name=sim"]),
     *[(f"fdistill {d}", ["method.name=fdistill", f"method.divergence={d}"])
@@ -38,78 +54,184 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("di_star rev=0.05", ["method.name=di_star", "method.alpha_rev=0.05", "reward.kind=gmm_component",
                           "reward.component=1"]),
 ]  # fmt: skip
+#: the methods the recipes issue pins on ring8w, with its thresholds (median of the seeds): weight error, energy
+RING8W_TARGETS = {
+    "di": (0.025, 0.010), "dmd": (0.025, 0.010), "fdistill rkl": (0.025, 0.010),
+    "fdistill js": (0.03, 0.012), "fdistill kl": (0.03, 0.012), "uni kl": (0.03, 0.012), "uni js": (0.03, 0.012),
+    "sid a=1.0": (0.023 * 1.5, 0.019 * 1.5), "sim huber": (0.023 * 1.5, 0.019 * 1.5),
+}  # fmt: skip
+#: the same methods in the independent loop's names (``gmm_ref.py run --method``)
+REFERENCE_NAMES = {"di": "di", "dmd": "dmd", "fdistill rkl": "fdistill-rkl", "fdistill js": "fdistill-js",
+                   "fdistill kl": "fdistill-kl", "sid a=1.0": "sid-1.0"}  # fmt: skip
 
-COLUMNS = ("modes", "w_err", "nll", "energy", "floor", "seconds")
 
+def run_one(mixture: str, overrides: list[str], steps: int | None, out: Path, seed: int) -> dict:
+    """One engine run (in a worker process); returns its metrics, wall time and 2,000 samples for the grid."""
+    from fdistill.train.distill import Distiller
 
-def run_one(mixture: str, overrides: list[str], steps: int, out: Path, seed: int):
-    extra = FAR2 if mixture == "far2" else []
-    cfg = load_config("configs/gmm8.yaml", [*extra, *overrides, f"train.steps={steps}", f"seed={seed}",
+    torch.set_num_threads(1)
+    budget = [] if steps is None else [f"train.steps={steps}"]
+    cfg = load_config("configs/gmm8.yaml", [*MIXTURES[mixture], *overrides, *budget, f"seed={seed}",
                                             f"output_dir={out}", "train.checkpoint_every=1000000"])  # fmt: skip
     t0 = time.perf_counter()
     d = Distiller(cfg)
     d.run()
-    seconds = time.perf_counter() - t0
     metrics = json.loads((out / "metrics.json").read_text())
+    metrics["seconds"] = time.perf_counter() - t0
     samples, _ = d.sample_student(2000, seed=1)
-    real = d.teacher.sample_data(2000, generator=torch.Generator().manual_seed(0))
-    return metrics, seconds, samples.cpu(), real
+    torch.save(samples.cpu(), out / "samples_2k.pt")
+    (out / "bench.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def run_reference(script: Path, method: str, seed: int, out: Path) -> dict:
+    """The independent loop on its 8-mode weighted ring (= ring8w) at its own defaults (= ring8w's budget)."""
+    work = out / "reference_loop"
+    work.mkdir(parents=True, exist_ok=True)
+    local = work / script.name
+    if not local.exists():
+        shutil.copy(script, local)  # it writes its runs next to itself
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(local), "run", "--teacher", "A", "--method", method, "--seed",
+                           str(seed), "--tag", "_bench"], capture_output=True, text=True, check=True)  # fmt: skip
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    keys = {"mode_weight_error": "mode_weight_tv", "energy_distance": "energy", "off_mode": "off_mode",
+            "modes_covered": "modes_covered", "teacher_nll": "nll"}  # fmt: skip
+    return {**{ours: r[theirs] for ours, theirs in keys.items()}, "seconds": time.perf_counter() - t0}
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    return fmt.format(med) + (f" [{fmt.format(min(values))}, {fmt.format(max(values))}]" if len(values) > 1 else "")
+
+
+def table(results: dict[tuple[str, str, str], list[dict]]) -> str:
+    lines = ["| mixture | method | runs by | seeds | modes | weight error: median [min, max] | energy distance | "
+             "off-mode | NLL | s/run | target (w, ED) |", "|" + "---|" * 11]  # fmt: skip
+    for (mixture, name, source), runs in results.items():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            lines.append(f"| {mixture} | {name} | {source} | | {runs[0]['error']} |" + " |" * 6)
+            continue
+        target = RING8W_TARGETS.get(name) if mixture == "ring8w" else None
+        verdict = ""
+        if target:
+            w = statistics.median(r["mode_weight_error"] for r in ok)
+            e = statistics.median(r["energy_distance"] for r in ok)
+            met = "met" if w <= target[0] and e <= target[1] else "MISSED"
+            verdict = f"{target[0]:.3f}, {target[1]:.3f}: {met}"
+        lines.append(
+            f"| {mixture} | {name} | {source} | {len(ok)} | {'/'.join(str(r['modes_covered']) for r in ok)} | "
+            f"{_spread([r['mode_weight_error'] for r in ok], '{:.3f}')} | "
+            f"{_spread([r['energy_distance'] for r in ok], '{:.4f}')} | "
+            f"{_spread([r['off_mode'] for r in ok], '{:.3f}')} | "
+            f"{statistics.median(r['teacher_nll'] for r in ok):.2f} | "
+            f"{statistics.mean(r['seconds'] for r in ok):.0f} | "
+            f"{verdict} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fdistill bench gmm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--steps", type=int, default=2000, help="iterations per run (default: 2000, as configs/gmm8.yaml)")
-    p.add_argument("--mixtures", default="gmm8,far2", help="comma list of gmm8,far2 (default: both)")
-    p.add_argument("--only", default="", help="substring filter on variant names (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/bench_gmm", help="folder for runs, table.md and grid.png")
+    p.add_argument("--mixture", "--mixtures", dest="mixtures", default="gmm8,far2",
+                   help="comma list of gmm8, far2, ring8w (default: gmm8,far2)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None,
+                   help="iterations per run (default: the mixture's: 2000 for gmm8/far2, 8500 for ring8w)")  # fmt: skip
+    p.add_argument("--only", default="", help="comma list of variant names to run, e.g. 'di,fdistill js' "
+                   "(default: all; on ring8w: the methods it has targets for)")  # fmt: skip
+    p.add_argument("--seeds", default="0", help="comma list of seeds (default: 0), e.g. 0,1,2")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, one CPU thread each (default: 1)")
+    p.add_argument("--reference-loop", type=Path, default=None,
+                   help="an independent loop with gmm_ref.py's CLI, run on ring8w beside the engine")  # fmt: skip
+    p.add_argument("--rerun", action="store_true", help="run again even where a finished run is in --out")
+    p.add_argument("--out", default="runs/bench_gmm", help="folder for runs, table.md, results.json and grid.png")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, panels = [], []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    jobs: list[tuple] = []
     for mixture in args.mixtures.split(","):
+        if mixture not in MIXTURES:
+            p.error(f"--mixture {mixture!r}: choose from {', '.join(MIXTURES)}")
+        wanted = only or (list(RING8W_TARGETS) if mixture == "ring8w" else [n for n, _ in VARIANTS])
         for name, overrides in VARIANTS:
-            if args.only and args.only not in name:
-                continue
-            slug = f"{mixture}_{name.replace(' ', '_').replace('=', '')}"
+            if name in wanted:
+                for seed in seeds:
+                    jobs.append((mixture, name, "engine", seed, overrides))
+                    if args.reference_loop and mixture == "ring8w" and name in REFERENCE_NAMES:
+                        jobs.append((mixture, name, "reference loop", seed, REFERENCE_NAMES[name]))
+    results: dict[tuple[str, str, str], list[dict]] = {}
+    for mixture, name, source, _, _ in jobs:
+        results.setdefault((mixture, name, source), [])
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = []
+        for mixture, name, source, seed, spec in jobs:
+            slug = f"{mixture}_{name.replace(' ', '_').replace('=', '')}_s{seed}"
+            done = out / slug / "bench.json"
+            if source == "engine" and done.exists() and not args.rerun:
+                futures.append(((mixture, name, source), None, json.loads(done.read_text())))
+            elif source == "engine":
+                futures.append(((mixture, name, source), pool.submit(run_one, mixture, spec, args.steps, out / slug,
+                                                                     seed), None))  # fmt: skip
+            else:
+                futures.append(((mixture, name, source), pool.submit(run_reference, args.reference_loop.resolve(),
+                                                                     spec, seed, out), None))  # fmt: skip
+        for key, fut, known in futures:
             try:
-                m, sec, samples, real = run_one(mixture, overrides, args.steps, out / slug, args.seed)
-            except Exception as e:  # one broken variant must not lose the table of the others
-                rows.append((mixture, name, f"error: {type(e).__name__}: {e}", *[""] * (len(COLUMNS) - 1)))
-                print(" | ".join(rows[-1]), flush=True)
-                continue
-            row = (mixture, name, f"{m['modes_covered']}/{m['num_modes']}", f"{m['mode_weight_error']:.3f}",
-                   f"{m['teacher_nll']:.2f}", f"{m['energy_distance']:.4f}", f"{m['energy_distance_floor']:.4f}",
-                   f"{sec:.0f}")  # fmt: skip
-            rows.append(row)
-            panels.append((f"{mixture}: {name}", real, samples))
-            print(" | ".join(row), flush=True)
-    table = ["| mixture | method | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
-    table += ["| " + " | ".join(r) + " |" for r in rows]
-    (out / "table.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
-    _grid(panels, out / "grid.png")
-    print(f"wrote {out / 'table.md'} and {out / 'grid.png'}")
+                r = known if fut is None else fut.result()
+            except Exception as e:  # one broken run must not lose the table of the others
+                r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            results[key].append(r)
+            print(
+                f"{' | '.join(key)}: "
+                + json.dumps(
+                    {
+                        k: v
+                        for k, v in r.items()
+                        if k
+                        in ("mode_weight_error", "energy_distance", "off_mode", "modes_covered", "seconds", "error")
+                    }
+                ),
+                flush=True,
+            )
+    text = table(results)
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({" | ".join(k): v for k, v in results.items()}, indent=1))
+    print(text)
+    _grid(out, [j for j in jobs if j[2] == "engine" and j[3] == seeds[0]])
+    print(f"wrote {out / 'table.md'}, {out / 'results.json'} and {out / 'grid.png'}")
     return 0
 
 
-def _grid(panels, path: Path) -> None:
+def _grid(out: Path, jobs: list[tuple]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from fdistill.plots import scatter_panel
+    from fdistill.teachers import build_teacher
 
+    panels = []
+    for mixture, name, _, seed, _ in jobs:
+        f = out / f"{mixture}_{name.replace(' ', '_').replace('=', '')}_s{seed}" / "samples_2k.pt"
+        if f.exists():
+            teacher = build_teacher(load_config("configs/gmm8.yaml", MIXTURES[mixture]))
+            real = teacher.sample_data(2000, generator=torch.Generator().manual_seed(0))
+            panels.append((f"{mixture}: {name}", real, torch.load(f, weights_only=True)))
+    if not panels:
+        return
     cols = 6
-    lines = -(-len(panels) // cols)
-    fig, axes = plt.subplots(lines, cols, figsize=(2.6 * cols, 2.6 * lines), dpi=90, squeeze=False)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), dpi=90, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, real, fake) in zip(axes.flat, panels, strict=False):
         ax.axis("on")
         scatter_panel(ax, real, fake, title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(out / "grid.png")
     plt.close(fig)

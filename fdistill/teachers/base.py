@@ -43,6 +43,11 @@ class Teacher(nn.Module):
     sigma_min: float = SIGMA_MIN  # the noise range the teacher knows (samplers and sigma draws stay inside)
     sigma_max: float = SIGMA_MAX
 
+    @property
+    def timestep_sigmas(self) -> Tensor | None:
+        """sigma of each DDPM training timestep for VP teachers (``ddpm_uniform`` draws); None for EDM teachers."""
+        return None
+
     def denoise_cond(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
         """D(x_t, sigma | cond); ``cond=None`` is the unconditional branch."""
         raise NotImplementedError

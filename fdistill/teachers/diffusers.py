@@ -178,6 +178,10 @@ class UNetTeacher(Teacher):
     def denoise_cond(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
         return self.net(x_t, sigma, cond).to(x_t.dtype)
 
+    @property
+    def timestep_sigmas(self) -> Tensor | None:
+        return self.net.log_sigmas.double().exp() if isinstance(self.net, VPUNetDenoiser) else None
+
     def features(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None = None) -> list[Tensor]:
         """Encoder feature maps (one per down block, then the mid block) in ``x_t``'s dtype."""
         return [f.to(x_t.dtype) for f in self.net.features(x_t, sigma, cond)]

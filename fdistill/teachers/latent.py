@@ -420,6 +420,10 @@ class LatentTeacher(Teacher):
         """``sqrt((1 - abar_t) / abar_t)``: e.g. ``sigma_at(399)`` for DMD2/DI* students (1.1606 on SD1.5)."""
         return float(timestep_to_sigma(timestep, self.net.log_sigmas.cpu()))
 
+    @property
+    def timestep_sigmas(self) -> Tensor:
+        return self.net.log_sigmas.double().exp()
+
     # -- denoiser interface
     def denoise_cond(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
         return self.net(x_t, sigma, cond)

@@ -1,20 +1,23 @@
 """The distillation trainer: one loop for every registered method (DESIGN.md "one distillation step").
 
-Per iteration:
-1. **Fake-score phase** (``train.fake_updates`` times): generator samples ``x_g = G(z)`` without
-   gradients, EDM denoising score matching of the fake denoiser ``D_q`` on them (ALGORITHMS.md §1.3);
-   where the method needs a density ratio or a GAN term, the discriminator is trained in the same phase
-   with BCE on real vs generated samples noised with the same sigma and noise (SiDA), its loss also
-   reaching the fake-score backbone when the head sits on fake-score features (DMD2).
-2. **Generator phase** (from ``train.fake_warmup_steps`` on): ``x0 = G(z)``, ``sigma`` from the
-   method's distribution, the method's per-sample loss with the teacher, the fake score and the
-   discriminator frozen (parameters frozen, differentiable in their input), then clip, step, EMA.
+Per iteration (each method's recipe, fdistill/methods/recipes.py, fills the config keys left null):
+1. **Fake-score phase** (``train.fake_updates`` times; fake score and discriminator in train mode, the
+   generator in eval mode): ``x_g = G(z)`` without gradients, EDM denoising score matching of ``D_q`` on
+   them (ALGORITHMS.md §1.3) at ``method.fake_sigma`` (DMD2/FastGen: the generator's own distribution,
+   SiD: EDM's lognormal); where the method needs a density ratio or a GAN term, the discriminator is
+   trained in the same phase with BCE on real vs generated samples with the real batch's labels, noised
+   with the same sigma and noise (SiDA), its loss reaching the fake-score backbone at ``disc_weight`` when
+   the head sits on fake-score features (DMD2: 1e-2).
+2. **Generator phase** (from ``train.fake_warmup_steps`` on; only the generator in train mode): ``x0 =
+   G(z)``, ``sigma`` from the method's distribution, the method's per-sample loss with the teacher, the
+   fake score and the discriminator frozen (parameters frozen, differentiable in their input), then clip,
+   step, EMA.
 
 Gradient accumulation runs ``train.grad_accum`` micro-batches per update for every network, syncing
-DDP gradients on the last one only. Every random draw of iteration ``k`` comes from a generator seeded
-by ``(seed, k, process)``, so ``--resume latest`` continues bit-for-bit. Non-finite losses or gradients
-skip the update (nothing is written), are counted and stop the run after ``train.max_nonfinite`` in a
-row with a message naming the last good checkpoint.
+DDP gradients on the last one only. Every random draw comes from a generator seeded by a hash of
+(seed, step, phase, micro-batch, process), so ``--resume latest`` continues bit-for-bit. Non-finite
+losses or gradients skip the update (nothing is written), are counted and stop the run after
+``train.max_nonfinite`` in a row with a message naming the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -35,11 +39,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fdistill import methods
-from fdistill.config import Config, MethodConfig, save_config
+from fdistill.config import Config, ConfigError, MethodConfig, apply_recipe, save_config
 from fdistill.generator import OneStepGenerator
 from fdistill.methods.base import GeneratorInputs, Method
 from fdistill.nets.discriminator import DiscriminatorHead
-from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss
+from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss, scaled_to_data
 from fdistill.rewards import build_reward
 from fdistill.teachers import Teacher, build_teacher
 from fdistill.train.checkpoint import TrainState, list_checkpoints, resolve_resume, save_checkpoint
@@ -66,13 +70,17 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+#: ``method.*`` keys the trainer reads for every method
+TRAINER_METHOD_KEYS = ("name", "sigma", "sigma_params", "fake_sigma", "fake_sigma_params")
+
+
 def warn_ignored_method_fields(cfg: MethodConfig, method: Method) -> list[str]:
     """Names of ``method.*`` fields set away from their defaults that the chosen method does not read."""
     default = MethodConfig()
     ignored = [
         f.name
         for f in fields(MethodConfig)
-        if f.name not in (*method.uses, "name", "fake_sigma") and getattr(cfg, f.name) != getattr(default, f.name)
+        if f.name not in (*method.uses, *TRAINER_METHOD_KEYS) and getattr(cfg, f.name) != getattr(default, f.name)
     ]
     if ignored:
         log.warning("method %s ignores: %s", cfg.name, ", ".join(f"method.{n}" for n in ignored))
@@ -161,8 +169,14 @@ def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> N
     log.info("generator initialised from %s", folder)
 
 
-def _step_generator(seed: int, step: int, phase: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + phase) * 65_537 + rank)
+_GLOBAL_PHASE = 1_000_000  # torch's global RNG of a step (phases: 0 generator, 1 + k the k-th fake update)
+
+
+def _step_generator(seed: int, step: int, phase: int, rank: int, micro: int = 0) -> torch.Generator:
+    """The generator of every draw of one (step, phase, micro-batch, process): seeded by a hash of the five
+    (numpy's SeedSequence), so no two of them replay each other's noise, whatever the counts."""
+    words = np.random.SeedSequence([seed % 2**32, step, phase, micro, rank]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
 def _grads_finite(module: nn.Module | None) -> bool:
@@ -175,7 +189,7 @@ class Distiller:
     """Holds the networks, optimizers and state of one distillation run; :meth:`run` is the loop."""
 
     def __init__(self, cfg: Config, resume: str | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = apply_recipe(cfg)
         self.run_dir = Path(cfg.output_dir)
         tc = cfg.train
         self.accelerator = Accelerator(
@@ -186,10 +200,13 @@ class Distiller:
         self.teacher = build_teacher(cfg).to(acc.device).eval().requires_grad_(False)
         self.method = methods.build(cfg.method).to(acc.device)
         warn_ignored_method_fields(cfg.method, self.method)
-        self.sigma_gen = self._in_teacher_range(
-            SigmaSampler(cfg.method.sigma) if cfg.method.sigma else self.method.default_sigma
-        )
-        self.sigma_fake = self._in_teacher_range(SigmaSampler(cfg.method.fake_sigma))
+        mc = cfg.method
+        self.sigma_gen = self._sigma_sampler(SigmaSampler(mc.sigma) if mc.sigma else self.method.default_sigma,
+                                             mc.sigma_params)  # fmt: skip
+        same = mc.fake_sigma == "same"
+        self.sigma_fake = self.sigma_gen if same else self._sigma_sampler(SigmaSampler(mc.fake_sigma),
+                                                                          mc.fake_sigma_params)  # fmt: skip
+        log.info("sigma: generator %s, fake score %s", self.sigma_gen, "same" if same else self.sigma_fake)
         self.reward = build_reward(cfg, self.teacher)
         self.real = RealData(cfg, self.teacher) if self.method.needs_discriminator else None
 
@@ -218,9 +235,20 @@ class Distiller:
             log.info("resumed from %s at step %d", ckpt, self.state.step)
         self.metrics = MetricsLog(acc, self.run_dir)
 
-    def _in_teacher_range(self, sampler: SigmaSampler) -> SigmaSampler:
-        """Narrow the sampler's [sigma_min, sigma_max] to the teacher's (a DDPM-trained latent teacher has
-        sigma in [0.029, 14.6]: draws outside would all be clamped to its first or last timestep)."""
+    def _sigma_sampler(self, sampler: SigmaSampler, params: dict[str, float]) -> SigmaSampler:
+        """``sampler`` at the teacher's data scale (unless ``params`` sets ``p_mean``), with ``params`` applied, the
+        VP teacher's timestep table attached for ``ddpm_uniform``, and [sigma_min, sigma_max] narrowed to the
+        teacher's (a DDPM-trained latent teacher has sigma in [0.029, 14.6]: draws outside would all be clamped to
+        its first or last timestep)."""
+        if "p_mean" not in params:
+            sampler = scaled_to_data(sampler, self.teacher.sigma_data)
+        ints = {"grid_lo", "grid_hi", "t_lo", "t_hi"}
+        sampler = dataclasses.replace(sampler, **{k: int(v) if k in ints else float(v) for k, v in params.items()})
+        if sampler.kind == "ddpm_uniform":
+            table = self.teacher.timestep_sigmas
+            if table is None:
+                raise ConfigError("method.sigma / fake_sigma = ddpm_uniform needs a VP (DDPM) teacher; this one is EDM")
+            sampler = dataclasses.replace(sampler, timestep_sigmas=tuple(float(v) for v in table))
         lo, hi = self.teacher.sigma_min, self.teacher.sigma_max
         return dataclasses.replace(sampler, sigma_min=max(sampler.sigma_min, lo), sigma_max=min(sampler.sigma_max, hi))
 
@@ -250,14 +278,26 @@ class Distiller:
 
         return denoise
 
+    def _train_only(self, *modules: nn.Module | None) -> None:
+        """Train mode for the networks being updated, eval mode (no dropout) for the frozen ones: dropout teachers
+        then give one D_p / D_q per input (SiD: dropout only in the network being updated)."""
+        for m in (self.generator, self.fake, self.disc):
+            if m is not None:
+                m.train(any(m is u for u in modules))
+
     def fake_phase(self, step: int, k: int) -> dict[str, Tensor]:
         acc, tc = self.accelerator, self.cfg.train
         micro = tc.batch_size // tc.grad_accum
         logs: dict[str, Tensor] = {}
         modules = [m for m in (self.fake, self.disc) if m is not None]
+        self._train_only(*modules)
         for i in range(tc.grad_accum):
-            gen = _step_generator(self.cfg.seed, step, 1 + 2 * k + i * 1000, acc.process_index)
+            gen = _step_generator(self.cfg.seed, step, 1 + k, acc.process_index, i)
             z, cond = self._latents(micro, gen)
+            real = None
+            if self.disc is not None:  # the fake batch takes the real batch's labels / prompts: p(c) cancels in r
+                real = self.real.sample(micro, gen, acc.device)
+                cond = real[1] if real[1] is not None else cond
             sync = i == tc.grad_accum - 1
             ctx = contextlib.ExitStack()
             if not sync:
@@ -274,17 +314,17 @@ class Distiller:
                 loss = loss_fake
                 logs["loss/fake"] = loss_fake.detach()
                 if self.disc is not None:
-                    loss_d, dlogs = self._discriminator_loss(x_g, cond, micro, gen)
+                    loss_d, dlogs = self._discriminator_loss(x_g, cond, real, gen)
                     loss = loss + self.cfg.method.disc_weight * loss_d
                     logs.update(dlogs)
                 acc.backward(loss / tc.grad_accum)
         return logs
 
-    def _discriminator_loss(self, x_g: Tensor, cond: Tensor | None, n: int, gen: torch.Generator):
-        """BCE on real vs generated samples noised with the same sigma and eps, in one forward of the
-        (possibly DDP-wrapped) head; features from the fake score reach its backbone (DMD2)."""
+    def _discriminator_loss(self, x_g: Tensor, cond: Tensor | None, real: tuple, gen: torch.Generator):
+        """BCE on real vs generated samples (same labels, same sigma and eps), in one forward of the (possibly
+        DDP-wrapped) head; features from the fake score reach its backbone (DMD2)."""
         acc = self.accelerator
-        x_real, cond_real = self.real.sample(n, gen, acc.device)
+        (x_real, cond_real), n = real, x_g.shape[0]
         sigma = self.sigma_gen(n, gen).to(acc.device).repeat(2)
         eps = self._noise(x_g.shape, gen).repeat(2, *([1] * (x_g.ndim - 1)))
         x_t = torch.cat([x_real, x_g]) + append_dims(sigma, x_g.ndim) * eps
@@ -301,8 +341,9 @@ class Distiller:
         micro = tc.batch_size // tc.grad_accum
         fake_raw, disc_raw = self._frozen_view(self.fake), self._frozen_view(self.disc)
         logs: dict[str, Tensor] = {}
+        self._train_only(self.generator)
         for i in range(tc.grad_accum):
-            gen = _step_generator(self.cfg.seed, step, i * 1000, acc.process_index)
+            gen = _step_generator(self.cfg.seed, step, 0, acc.process_index, i)
             z, cond = self._latents(micro, gen)
             sync = i == tc.grad_accum - 1
             ctx = contextlib.nullcontext() if sync else acc.no_sync(self.generator)
@@ -378,7 +419,7 @@ class Distiller:
             self.evaluate(final=False)  # the starting point, to measure improvement against
         while st.step < tc.steps:
             step = st.step
-            torch.manual_seed(_step_generator(self.cfg.seed, step, 99, acc.process_index).initial_seed())
+            torch.manual_seed(_step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
             logs: dict = {}
             ok = True
             for k in range(tc.fake_updates):

@@ -1,0 +1,53 @@
+"""Each method's training recipe as its reference code runs it (ALGORITHMS.md §5.1-5.3, docs/recipes.md).
+
+A config value left at ``null`` (``train.sigma_init``, ``train.adam_beta1``, ``train.adam_beta2``,
+``train.weight_decay``, ``train.grad_clip``, ``method.fake_sigma``, ``method.disc_weight``) takes the
+method's reference value from :data:`RECIPES` when the config is loaded, so ``--dry-run`` and the saved
+``config.yaml`` show what a run really uses. The generator's sigma distribution is the method's
+``default_sigma``; ``fake_sigma = "same"`` trains the fake score on exactly that distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Recipe:
+    reference: str
+    sigma_init: float  # G(z) = D_theta(sigma_init z, sigma_init)
+    adam_betas: tuple[float, float]
+    weight_decay: float  # AdamW's decoupled decay, every network
+    grad_clip: float  # max grad norm per network, 0 = off
+    fake_sigma: str  # fake-score DSM sigma distribution: a SigmaSampler kind, or "same" as the generator's
+
+
+_SID = Recipe("SiD (mingyuanzhou/SiD run_sid.sh, sid_training_loop.py)", 2.5, (0.0, 0.999), 0.0, 0.0, "lognormal")
+_DMD2 = Recipe("DMD2 (tianweiy/DMD2 main/edm, experiments/imagenet)", 80.0, (0.9, 0.999), 0.01, 10.0, "same")
+
+RECIPES: dict[str, Recipe] = {
+    "di": Recipe("Diff-Instruct (pkulwj1994/diff_instruct README)", 1.0, (0.0, 0.999), 0.0, 0.0, "lognormal"),
+    "dmd": _DMD2,
+    "fdistill": Recipe(
+        "f-distill (NVlabs/FastGen configs/methods/config_f_distill.py)", 80.0, (0.9, 0.999), 0.01, 10.0, "same"
+    ),
+    "sid": _SID,
+    "sim": replace(_SID, reference="SIM: no public training code; SiD's loop"),
+    "uni_instruct": Recipe(
+        "Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, a SiDA fork)",
+        2.5,
+        (0.0, 0.999),
+        0.0,
+        0.0,
+        "lognormal",
+    ),  # fmt: skip
+    "di_star": replace(_SID, reference="Diff-Instruct*: no public training code; SIM's (= SiD's) loop"),
+}
+
+#: DMD2's weight of the discriminator BCE on the fake-score backbone ("larger values break the fake score",
+#: DMD2 #73); a head on frozen teacher features has its own optimizer, so any weight is only its scale: 1.
+DISC_WEIGHT = {"fake": 1e-2, "teacher": 1.0}
+
+
+def recipe_for(name: str) -> Recipe:
+    return RECIPES.get(name, _SID)
