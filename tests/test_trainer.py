@@ -139,3 +139,13 @@ def test_time_budget_stops_checkpoints_and_evaluates(tmp_path):
     step = json.loads((tmp_path / "metrics.json").read_text())["step"]
     assert 0 < step < 100000
     assert list_checkpoints(tmp_path)[-1].name == f"step_{step:08d}"  # resume continues from here
+
+
+def test_budgeted_progress_bar_shows_the_budget_and_the_latest_fid(tmp_path):
+    from tqdm.auto import tqdm
+
+    d = Distiller(tiny(tmp_path, "method.name=dmd", "train.steps=5000", "train.max_minutes=1"))
+    bar = tqdm(total=5000, disable=True)
+    post = d._budget_postfix(bar, rate=10.0, spent_s=30.0, last_eval={"proxy_fid": 12.34})
+    assert bar.total == 300 and post == {"fid": "12.3", "left": "0.5min"}  # 30 s left at 10 steps/s
+    assert d._budget_postfix(bar, rate=1e6, spent_s=0.0, last_eval={}) == {"left": "1.0min"} and bar.total == 5000

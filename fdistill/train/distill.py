@@ -414,9 +414,9 @@ class Distiller:
         acc.init_trackers("fdistill", config=_flat_hparams(self.cfg))
         bar = tqdm(total=tc.steps, initial=st.step, disable=not acc.is_local_main_process, desc="distill",
                    dynamic_ncols=True)  # fmt: skip
-        consecutive_bad, t0, s0 = 0, time.perf_counter(), st.step
+        consecutive_bad, t0, s0, last_eval = 0, time.perf_counter(), st.step, {}
         if st.step == 0 and tc.eval_every:
-            self.evaluate(final=False)  # the starting point, to measure improvement against
+            last_eval = self.evaluate(final=False)  # the starting point, to measure improvement against
         while st.step < tc.steps:
             step = st.step
             torch.manual_seed(_step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
@@ -458,9 +458,10 @@ class Distiller:
                 rate = (st.step - s0) / max(time.perf_counter() - t0, 1e-9)
                 row = self.metrics.log(st.step, {**logs, "steps_per_s": rate, "images_seen": st.images_seen,
                                                  "nonfinite_total": st.nonfinite_total})  # fmt: skip
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")})
+                post = {k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")}
+                bar.set_postfix({**post, **self._budget_postfix(bar, rate, time.perf_counter() - t0, last_eval)})
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
-                self.evaluate(final=False)
+                last_eval = self.evaluate(final=False)
             out_of_time = tc.max_minutes > 0 and not self._finite_everywhere(
                 time.perf_counter() - t0 <= 60 * tc.max_minutes
             )  # any process out of time stops all of them at the same step
@@ -473,6 +474,16 @@ class Distiller:
         self.evaluate(final=True)
         acc.end_training()
         return self.run_dir
+
+    def _budget_postfix(self, bar: tqdm, rate: float, spent_s: float, last_eval: dict) -> dict[str, str]:
+        """Under ``train.max_minutes`` the bar's total is the step the budget will reach (not ``train.steps``), with
+        the time left; the latest proxy FID where one was measured."""
+        out = {"fid": f"{last_eval['proxy_fid']:.1f}"} if "proxy_fid" in last_eval else {}
+        if self.cfg.train.max_minutes > 0:
+            left = max(60 * self.cfg.train.max_minutes - spent_s, 0.0)
+            bar.total = min(self.cfg.train.steps, self.state.step + int(rate * left))
+            out["left"] = f"{left / 60:.1f}min"
+        return out
 
     # ---- evaluation ---------------------------------------------------------------------------
 
