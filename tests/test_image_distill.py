@@ -76,6 +76,17 @@ def test_discriminator_on_teacher_features_trains(teacher_dir, tmp_path):
     assert any(not torch.equal(v, head[k]) for k, v in d.disc.state_dict().items())
 
 
+def test_sida_trains_the_discriminator_and_logs_its_gan_term(teacher_dir, tmp_path):
+    """SiDA = SiD with method.gan_weight > 0: the head on the fake score's encoder trains, the generator's loss
+    carries the GAN term."""
+    d = Distiller(image_config(teacher_dir, tmp_path, "method.name=sid", "method.alpha=1.0", "method.gan_weight=0.01"))
+    head = {k: v.clone() for k, v in d.disc.state_dict().items()}
+    d.run()
+    assert any(not torch.equal(v, head[k]) for k, v in d.disc.state_dict().items())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("method/gan_loss" in r for r in rows) and any("loss/disc" in r for r in rows)
+
+
 def test_image_run_resumes_bit_exactly(teacher_dir, tmp_path):
     from safetensors.torch import load_file
 

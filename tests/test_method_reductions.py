@@ -212,11 +212,12 @@ def test_dmd_gradient(world, normalize):
         MethodConfig(name="fdistill", divergence="js", ratio_bins=0),
         MethodConfig(name="fdistill", divergence="rkl"),
         MethodConfig(name="uni_instruct", divergence="sf"),
+        MethodConfig(name="sid", alpha=1.0),
     ],
-    ids=["dmd", "fdistill-js", "fdistill-rkl", "uni_instruct-sf"],
+    ids=["dmd", "fdistill-js", "fdistill-rkl", "uni_instruct-sf", "sida"],
 )
 def test_gan_term(world, cfg):
-    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator."""
+    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator (SiDA: sid)."""
     from dataclasses import replace
 
     la, ga, _, _ = world.run(replace(cfg, gan_weight=0.3))
@@ -257,6 +258,8 @@ def test_ratio_methods_require_a_discriminator(world):
             method.generator_loss(b)
     assert not build(MethodConfig(name="fdistill", divergence="rkl")).needs_discriminator
     assert build(MethodConfig(name="fdistill", divergence="rkl", gan_weight=0.1)).needs_discriminator
+    assert build(MethodConfig(name="sid", gan_weight=0.01)).needs_discriminator  # SiDA
+    assert not build(MethodConfig(name="sid")).needs_discriminator
 
 
 @pytest.mark.parametrize("name", ["kl", "js", "sh"])

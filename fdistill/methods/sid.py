@@ -6,6 +6,12 @@ and the frozen networks differentiated through ``x_t``. In score form this is
 sample: ``alpha = 0.5`` is the exact Fisher-divergence gradient, ``alpha = 1`` freezes the sampling
 distribution (= SIM with ``d = |.|^2``, up to a factor 2). Samples with non-finite values are dropped exactly
 (:func:`frozen_denoisers`).
+
+SiDA (Zhou et al., ICLR 2025) is ``gan_weight > 0``: a discriminator head on the fake score's encoder (the
+trainer adds its BCE on real vs generated data to the fake-score update) and ``gan_weight * softplus(-logit(x_t))``
+added to the generator loss, on the same ``x_t``. Deviations from SiDA's code: our head is a small conv head, not
+the channel mean of the bottleneck, and the GAN term is not divided by ``wf`` (SiDA's 0.5/0.5 mix of the two
+terms is a choice of ``gan_weight``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_normalizer, register, sum_chw
@@ -72,10 +79,19 @@ def sid_weight(x0: Tensor, d_p: Tensor, normalize: bool) -> Tensor:
 class SiD(Method):
     name = "sid"
     default_sigma = SigmaSampler("karras", t_max=0.8)
-    uses = ("alpha", "normalize", "guidance", "sigma")
+    uses = ("alpha", "normalize", "guidance", "gan_weight", "disc_features", "disc_weight", "sigma")
+
+    @property
+    def needs_discriminator(self) -> bool:
+        return self.cfg.gan_weight > 0  # SiDA
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        x0, d_p, d_q, keep, _ = frozen_denoisers(b)
+        x0, d_p, d_q, keep, logit = frozen_denoisers(b, with_logit=self.needs_discriminator)
         diff = d_p - d_q
         loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / sid_weight(x0, d_p, self.cfg.normalize))
-        return MethodOutput(torch.where(keep, loss, 0.0), {"dropped": (~keep).sum().float()})
+        logs = {"dropped": (~keep).sum().float()}
+        if logit is not None:
+            gan = F.softplus(-logit)
+            loss = loss + self.cfg.gan_weight * gan
+            logs["gan_loss"] = kept_mean(gan.detach(), keep)
+        return MethodOutput(torch.where(keep, loss, 0.0), logs)
