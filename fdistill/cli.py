@@ -68,11 +68,15 @@ def _distill(argv: list[str]) -> int:
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
+    from fdistill.train.checkpoint import DiskFullError
     from fdistill.train.distill import NonFiniteError, distill
 
     try:
         run_dir = distill(cfg, resume=args.resume)
-    except (NonFiniteError, FileNotFoundError) as e:
+    except ConfigError as e:  # bad input found while starting, e.g. a damaged --resume checkpoint (CheckpointError)
+        print(f"fdistill: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, FileNotFoundError, DiskFullError) as e:
         print(f"fdistill: {e}", file=sys.stderr)
         return 1
     print(f"run directory: {run_dir}")

@@ -417,7 +417,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from fdistill.train.checkpoint import list_checkpoints, resolve_resume, save_checkpoint
+    from fdistill.train.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
     from fdistill.train.ema import EMA
     from fdistill.train.metrics_log import MetricsLog
 
@@ -452,7 +452,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(teacher_config_yaml(cfg))
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        load_checkpoint(acc, ckpt)  # verified by resolve_resume; every pickle unpickled with weights_only=True
         acc.print(f"resumed from {ckpt} at step {state.step} ({state.images_seen} images seen)")
         if acc.is_main_process:
             _truncate_metrics(run_dir / "metrics.jsonl", state.step)
@@ -868,11 +868,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"exported {cfg.output_dir}/teacher -> {dest}")
         return 0
+    from fdistill.train.checkpoint import DiskFullError
+
     try:
         train_teacher(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, ImportError) as e:
+    except (ConfigError, FileNotFoundError, ImportError) as e:  # CheckpointError (a damaged --resume) included
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
