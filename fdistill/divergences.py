@@ -1,7 +1,7 @@
 """The f-divergence registry of f-distill (Xu, Nie & Vahdat 2025, arXiv 2502.15681, Table 1).
 
 ``D_f(p || q) = E_q[f(p/q)]`` with ``r = p/q``. The generator gradient of ``D_f(p_t || q_t)`` is
-``E[h(r) (s_q - s_p) . dx_t/dtheta]`` with the weighting ``h(r) = f''(r) r^2`` (ALGORITHMS.md I5, §3);
+``E[h(r) (s_q - s_p) . dx_t/dtheta]`` with the weighting ``h(r) = f''(r) r^2`` (docs/math.md I5, §3);
 Uni-Instruct's expanded divergence also needs ``h'(r)`` (§2.7). Every entry gives torch functions
 ``f``, ``h`` and ``h_prime``; a test checks ``h`` and ``h_prime`` against autograd of ``f``.
 

@@ -3,7 +3,7 @@
 The student of a Stable-Diffusion-style teacher (:mod:`fdistill.teachers.latent`) trained with
 ``train.generator_input=vp`` is ``x0 = G(z, c) = D_theta(sqrt(1 + sigma_init^2) z, sigma_init, c)``: its UNet is
 evaluated once, on ``x_vp = z`` at the DDPM timestep ``t_init`` with ``sigma(t_init) = sigma_init``, and the
-prediction is converted to x0 (ALGORITHMS.md §1.2). The stock pipeline reproduces exactly this with
+prediction is converted to x0 (docs/math.md §1.2). The stock pipeline reproduces exactly this with
 
     pipe(prompt, num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0)     # LCMScheduler
 

@@ -2,8 +2,8 @@
 
 One convention for the whole engine (EDM, Karras et al. 2022, Eq. 7): ``x_t = x + sigma * eps``.
 VP/DDPM teachers (``x_vp = alpha * x + s * eps``) are seen through ``sigma = s / alpha`` and
-``x_t = x_vp / alpha`` (ALGORITHMS.md §1.2). Each distillation method names the sigma distribution its
-paper uses (ALGORITHMS.md §5.2); every distribution here draws from an explicit ``torch.Generator`` so
+``x_t = x_vp / alpha`` (docs/math.md §1.2). Each distillation method names the sigma distribution its
+paper uses (docs/math.md §5.2); every distribution here draws from an explicit ``torch.Generator`` so
 that a resumed run sees the same noise. EDM's lognormal parameters are image values (sigma_data = 0.5):
 :func:`scaled_to_data` shifts them to a teacher's data scale.
 """
@@ -35,7 +35,7 @@ def karras_sigma(t: Tensor, sigma_min: float = SIGMA_MIN, sigma_max: float = SIG
 
 @dataclass(frozen=True)
 class SigmaSampler:
-    """A named per-sample sigma distribution (ALGORITHMS.md §5.2).
+    """A named per-sample sigma distribution (docs/math.md §5.2).
 
     kinds:
       ``lognormal``   ln sigma ~ N(p_mean, p_std**2), clamped to [sigma_min, sigma_max] (EDM DSM, DI)
@@ -118,7 +118,7 @@ def edm_preconditioning(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> tuple[
 
 
 def vp_to_ve_sigma(alpha: Tensor, s: Tensor) -> Tensor:
-    """sigma = s / alpha for x_vp = alpha x + s eps (ALGORITHMS.md §1.2)."""
+    """sigma = s / alpha for x_vp = alpha x + s eps (docs/math.md §1.2)."""
     return s / alpha
 
 

@@ -1,4 +1,4 @@
-"""Differentiable rewards ``R(x0, cond) -> (B,)`` for Diff-Instruct* (ALGORITHMS.md §2.8).
+"""Differentiable rewards ``R(x0, cond) -> (B,)`` for Diff-Instruct* (docs/math.md §2.8).
 
 - :class:`GMMComponentReward`: the exact log-density of one component of the Gaussian-mixture teacher, so reward
   alignment is measurable exactly: maximising it moves mass towards that component while the score-divergence

@@ -1,4 +1,4 @@
-"""The f-divergence registry (ALGORITHMS.md §3): h(r) = f''(r) r^2 and h'(r) checked against autograd of f.
+"""The f-divergence registry (docs/math.md §3): h(r) = f''(r) r^2 and h'(r) checked against autograd of f.
 
 Everything is float64 on r in [0.05, 20]; autograd derivatives of the closed-form f are exact up to
 rounding, so the tolerances (rtol 1e-9) only absorb floating-point error of a few ops.
@@ -81,7 +81,7 @@ def test_f_is_a_valid_f_divergence_generator(name, params):
 
 
 def test_table_values():
-    """Spot values of h from ALGORITHMS.md §3 (independent of f)."""
+    """Spot values of h from docs/math.md §3 (independent of f)."""
     r = torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64)
     table = {
         "rkl": torch.ones_like(r),

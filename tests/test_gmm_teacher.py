@@ -1,4 +1,4 @@
-"""Analytic Gaussian-mixture teacher (ALGORITHMS.md C8, C9): exact score, denoiser, Tweedie, CFG.
+"""Analytic Gaussian-mixture teacher (docs/math.md C8, C9): exact score, denoiser, Tweedie, CFG.
 
 All exact checks run in float64 with dyadic means/stds (exactly representable in the float32 buffers
 the teacher stores), so tolerances are ~1e-10 and only absorb rounding. Monte-Carlo checks use fixed

@@ -48,7 +48,7 @@ def test_loads_with_shapes_and_prompt_table(teacher):
     assert teacher.sigma_min == pytest.approx(0.0291675, rel=1e-4) and teacher.sigma_max == pytest.approx(
         14.6146, rel=1e-4
     )
-    assert teacher.sigma_at(399) == pytest.approx(1.16058, rel=1e-4)  # ALGORITHMS.md §1.2
+    assert teacher.sigma_at(399) == pytest.approx(1.16058, rel=1e-4)  # docs/math.md §1.2
     assert teacher.sigma_at(625) == pytest.approx(2.5017, rel=1e-4)
     ids = teacher.sample_labels(16, torch.Generator().manual_seed(0), "cpu")
     assert ids.dtype == torch.long and int(ids.min()) >= 0 and int(ids.max()) < 3
@@ -102,7 +102,7 @@ def test_sigma_timestep_mapping_is_the_ddpm_closed_form(teacher):
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_denoiser_feeds_x_vp_and_t_and_converts_to_x0(teacher, monkeypatch, prediction):
-    """D(x_t, sigma) against ALGORITHMS.md §1.2 with abar from the schedule: the UNet must see
+    """D(x_t, sigma) against docs/math.md §1.2 with abar from the schedule: the UNet must see
     x_vp = sqrt(abar) x_t and the timestep t, and its output out must give x0 = (x_vp - sqrt(1-abar) out)/sqrt(abar)
     (eps), sqrt(abar) x_vp - sqrt(1-abar) out (v) or out (sample)."""
     net = teacher.net

@@ -1,4 +1,4 @@
-"""Method gradients against closed forms (ALGORITHMS.md §9, C2-C7) on a Gaussian toy problem.
+"""Method gradients against closed forms (docs/math.md §9, C2-C7) on a Gaussian toy problem.
 
 Setup (§9): teacher ``p_0 = N(mu_p, s_p^2 I)``, generator ``x0 = mu_q + s_q z`` with theta = (mu_q, s_q)
 as leaf tensors, one noise level sigma. Diffused: ``p_sigma = N(mu_p, v_p I)``, ``q_sigma = N(mu_q, v_q I)``.
@@ -215,7 +215,7 @@ CLOSED_FORMS = {  # D_f(p_sigma || q_sigma) = E_q f(p/q) for the registered f
     "alpha": lambda mp, m, s, d: (i_alpha(mp, m, s, d, ALPHA) - 1) / (ALPHA * (ALPHA - 1)),
 }
 
-H = {  # h(r) = f''(r) r^2 from ALGORITHMS.md §3 (independent of fdistill.divergences)
+H = {  # h(r) = f''(r) r^2 from docs/math.md §3 (independent of fdistill.divergences)
     "rkl": lambda r: torch.ones_like(r),
     "kl": lambda r: r,
     "js": lambda r: r / (1 + r),
@@ -316,7 +316,7 @@ def pseudo_huber(u, c=0.5):
     return torch.sqrt(u**2 + c**2) - c
 
 
-SEC9 = {  # ALGORITHMS.md §9, quoted to 4 decimals
+SEC9 = {  # docs/math.md §9, quoted to 4 decimals
     "fisher": (-0.5205, -0.5759),
     "sid_0.5": (-0.2602, -0.2878),
     "frozen_l2": (-0.7552, -0.6808),

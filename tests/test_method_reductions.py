@@ -1,4 +1,4 @@
-"""Exact reductions between methods (ALGORITHMS.md §2.9, §4), per-noise-level ratio normalisation, and
+"""Exact reductions between methods (docs/math.md §2.9, §4), per-noise-level ratio normalisation, and
 non-finite handling.
 
 Everything runs in float64 on a random tiny MLP generator and random frozen MLP denoisers /

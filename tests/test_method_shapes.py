@@ -1,9 +1,9 @@
-"""The per-sample shape of SiD, SIM and Uni-Instruct on image-shaped samples (ALGORITHMS.md §2.4, §2.5, §2.7, §4).
+"""The per-sample shape of SiD, SIM and Uni-Instruct on image-shaped samples (docs/math.md §2.4, §2.5, §2.7, §4).
 
 The closed-form tests (test_method_gradients.py) are 1-D with one sigma for the whole batch, where a norm is an
 absolute value and a mean over dims is the identity. Here x0 has shape (3, 2, 4, 4) with a different sigma per
 sample, the frozen denoisers and the logit are arbitrary smooth functions, and each method's per-sample loss and
-its gradient w.r.t. x0 are compared with a reference written from ALGORITHMS.md one sample at a time, in score
+its gradient w.r.t. x0 are compared with a reference written from docs/math.md one sample at a time, in score
 form: ``s = (D - x_t) / sigma^2``, ``u = s_p - s_q`` over the whole sample (C*H*W), ``grad log q(x_t | x0) =
 -(x_t - x0) / sigma^2``, weight ``sigma^4 / wf`` with ``wf = sg(mean |x0 - D_p|)`` (the docstrings' weighting).
 A per-element pseudo-Huber, a mean inside a norm, one sigma for the batch or a wrong sigma power all fail.
@@ -51,7 +51,7 @@ def logit(x, sigma, cond=None):
     return (0.4 * torch.tanh(x) * PATTERN).flatten(1).sum(1) / (1 + sigma) - 0.2
 
 
-H = {  # h(r), h'(r) from ALGORITHMS.md §3
+H = {  # h(r), h'(r) from docs/math.md §3
     "rkl": (lambda r: 1.0 + 0 * r, lambda r: 0 * r),
     "kl": (lambda r: r, lambda r: 1.0 + 0 * r),
     "js": (lambda r: r / (1 + r), lambda r: 1 / (1 + r) ** 2),
@@ -59,7 +59,7 @@ H = {  # h(r), h'(r) from ALGORITHMS.md §3
 
 
 def reference(kind: str, i: int, normalize: bool, **p) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss_i, dloss_i / dx0_i) for sample i alone, straight from ALGORITHMS.md."""
+    """(loss_i, dloss_i / dx0_i) for sample i alone, straight from docs/math.md."""
     x0 = X0[i].clone().requires_grad_(True)
     s = SIGMA[i]
     x_t = x0 + s * EPS[i]

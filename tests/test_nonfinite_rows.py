@@ -1,5 +1,5 @@
 """SiD-family methods drop a sample whose frozen-network output is non-finite *exactly*, including a NaN that
-arises inside a network's forward (SiD's reference drops such samples before the loss, ALGORITHMS.md §2.4).
+arises inside a network's forward (SiD's reference drops such samples before the loss, docs/math.md §2.4).
 
 The backward through a network that produced NaN for one row multiplies that row's zero upstream gradient by
 NaN; without a mask on the gradient reaching x_t this NaN flows into x0 and every generator parameter. Here a

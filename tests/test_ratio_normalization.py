@@ -1,4 +1,4 @@
-"""f-distill's per-noise-level density-ratio normaliser (FastGen step (2), ALGORITHMS.md §2.6, §3) at small batch.
+"""f-distill's per-noise-level density-ratio normaliser (FastGen step (2), docs/math.md §2.6, §3) at small batch.
 
 A 2-D mixture with a known density ratio: p and q share component means and stds and differ only in their
 weights, so ``r_sigma = p_sigma / q_sigma`` is exact in closed form and ``E_{q_sigma}[r_sigma] = 1`` at every

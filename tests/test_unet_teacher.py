@@ -1,6 +1,6 @@
 """EDMUNet (save/load, preconditioning, features) and the UNet teacher adapter against closed forms.
 
-The VP adapter is checked with ALGORITHMS.md C10: a fake "network" outputs the *exact* epsilon / v / x0 of a
+The VP adapter is checked with docs/math.md C10: a fake "network" outputs the *exact* epsilon / v / x0 of a
 known Gaussian ``N(mu, s0^2 I)`` in VP space, so the adapter must return the exact EDM Gaussian denoiser
 ``D(x) = (s0^2 x + sigma^2 mu) / (s0^2 + sigma^2)``; C9 checks classifier-free guidance on Gaussians.
 """
@@ -205,7 +205,7 @@ def test_vp_ve_timestep_roundtrip():
     torch.testing.assert_close(den.t_to_sigma(den.sigma_to_t(sigma)), sigma, rtol=1e-4, atol=0)
     nearest = VPUNetDenoiser(nn.Linear(1, 1), abar, "epsilon", timestep_mode="nearest")
     assert torch.equal(nearest.sigma_to_t(sigma), nearest.sigma_to_t(sigma).round())
-    # x_vp = x_t / sqrt(1 + sigma^2) is the VP sample x_vp = alpha x0 + s eps (ALGORITHMS.md §1.2)
+    # x_vp = x_t / sqrt(1 + sigma^2) is the VP sample x_vp = alpha x0 + s eps (docs/math.md §1.2)
     x0, eps, s = torch.randn(5), torch.randn(5), torch.tensor(1.7)
     alpha = 1 / (1 + s**2).sqrt()
     torch.testing.assert_close((x0 + s * eps) * alpha, alpha * x0 + (s * alpha) * eps)

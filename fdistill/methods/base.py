@@ -7,7 +7,7 @@ per-sample loss** whose gradient with respect to the generator parameters is the
 (NVlabs/edm ``training/loss.py`` style); the trainer reduces, scales, steps. Nothing here knows about
 accelerate, devices, checkpoints or logging.
 
-Every method shares the fake-score loss (EDM denoising score matching, ALGORITHMS.md §1.3) and, where it
+Every method shares the fake-score loss (EDM denoising score matching, docs/math.md §1.3) and, where it
 uses a density ratio or a GAN term, the discriminator loss: non-saturating BCE, real (teacher / data)
 versus generated, both noised at the same sigma, whose optimal logit is ``log p_sigma / q_sigma``.
 """

@@ -1,4 +1,4 @@
-"""Diff-Instruct* (Luo et al., ICML 2025 "David and Goliath"), ALGORITHMS.md §2.8.
+"""Diff-Instruct* (Luo et al., ICML 2025 "David and Goliath"), docs/math.md §2.8.
 
 Reward-aligned one-step generation: maximise ``alpha_rev * R(x0, c)`` while a score-based divergence
 (SIM's pseudo-Huber surrogate, §2.5) keeps the generator close to the reference diffusion. CFG is

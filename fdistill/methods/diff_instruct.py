@@ -1,4 +1,4 @@
-"""Diff-Instruct (Luo et al., NeurIPS 2023): integral reverse KL, ALGORITHMS.md §2.1.
+"""Diff-Instruct (Luo et al., NeurIPS 2023): integral reverse KL, docs/math.md §2.1.
 
 Gradient ``E[w(sigma) (s_q - s_p) . dx0/dtheta]`` with ``w = sigma^2``, i.e. the x0-space direction
 ``D_q - D_p``; no normaliser, no back-propagation through the networks, sigma ~ LogNormal(-1.2, 1.2).

@@ -1,6 +1,6 @@
-"""f-distill (Xu, Nie & Vahdat 2025, arXiv 2502.15681): integral f-divergence, ALGORITHMS.md §2.6, §3.
+"""f-distill (Xu, Nie & Vahdat 2025, arXiv 2502.15681): integral f-divergence, docs/math.md §2.6, §3.
 
-Gradient of ``D_f(p_t || q_t)`` is ``E[h(r) (s_q - s_p) . dx0/dtheta]`` (ALGORITHMS.md I5) with
+Gradient of ``D_f(p_t || q_t)`` is ``E[h(r) (s_q - s_p) . dx0/dtheta]`` (docs/math.md I5) with
 ``h(r) = f''(r) r^2`` and the density ratio ``r = exp(logit)`` from the discriminator. This is DMD2's update
 multiplied per sample by ``h(r)``; with ``rkl`` (h = 1) and the normalisations off it *is* DMD. Stabilisers of
 NVIDIA's reference (FastGen): logits clamped, r clipped to [ratio_min, ratio_max], r divided by its running

@@ -1,4 +1,4 @@
-"""Score identity Distillation (Zhou et al., ICML 2024), ALGORITHMS.md §2.4.
+"""Score identity Distillation (Zhou et al., ICML 2024), docs/math.md §2.4.
 
 Per-sample loss ``(D_p - D_q) . ((D_p - x0) - alpha (D_p - D_q)) / wf`` with ``wf = sg(mean|x0 - D_p|)``
 and the frozen networks differentiated through ``x_t``. In score form this is

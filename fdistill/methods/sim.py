@@ -1,4 +1,4 @@
-"""Score Implicit Matching (Luo et al., NeurIPS 2024), ALGORITHMS.md §2.5 and §4.
+"""Score Implicit Matching (Luo et al., NeurIPS 2024), docs/math.md §2.5 and §4.
 
 Minimises ``E_{pi_t} d(s_p - s_q)`` with the sampling distribution frozen, through the tractable
 surrogate ``d'(u) . (s_q - grad log q(x_t | x0)) = d'(u) . (D_q - x0) / sigma^2`` where ``u = s_p - s_q``

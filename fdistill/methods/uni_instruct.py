@@ -1,4 +1,4 @@
-"""Uni-Instruct (Wang et al., NeurIPS 2025, arXiv 2505.20755): expanded f-divergence, ALGORITHMS.md §2.7.
+"""Uni-Instruct (Wang et al., NeurIPS 2025, arXiv 2505.20755): expanded f-divergence, docs/math.md §2.7.
 
 ``D_f(p_0 || q_0) = int 1/2 g^2 E_{q_t}[h(r_t) |s_p - s_q|^2] dt``. Its exact tractable surrogate at one
 sigma, with ``u = s_p - s_q`` (one vector per sample, all of C*H*W) and the density ratio
@@ -12,7 +12,7 @@ twice SiD with ``alpha = 0.5`` (the Fisher divergence). ``normalize_h`` divides 
 (stop-gradient) mean of h over the kept rows of the batch: a positive per-batch constant that keeps the scale
 of the RKL case. The optional GAN term uses the same discriminator forward. Non-finite rows (networks or
 discriminator) are dropped exactly (:func:`fdistill.methods.sid.frozen_denoisers`). The released code's
-batch-mean "ratio" is not reproduced (see ALGORITHMS.md §2.7 caveat).
+batch-mean "ratio" is not reproduced (see docs/math.md §2.7 caveat).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact metrics for students of the analytic Gaussian-mixture teacher (ALGORITHMS.md C8, C11).
+"""Exact metrics for students of the analytic Gaussian-mixture teacher (docs/math.md C8, C11).
 
 - ``modes_covered``: components whose share of student samples (nearest-component assignment under the
   teacher's own posterior) reaches at least a fifth of their weight.

@@ -1,4 +1,4 @@
-"""Density-ratio discriminator heads on encoder features (DMD2 §4.3; f-distill; ALGORITHMS.md §2.3, §2.6).
+"""Density-ratio discriminator heads on encoder features (DMD2 §4.3; f-distill; docs/math.md §2.3, §2.6).
 
 The head sits on a frozen-or-shared feature extractor: the fake-score network's encoder (DMD2, SiDA,
 Uni-Instruct) or the teacher's (FastGen's f-distill); both placements are selectable because the

@@ -2,7 +2,7 @@
 
 Following k-diffusion's ``external.py`` wrappers, foreign parameterisations (epsilon, v, VP schedules,
 latent models) are converted inside their adapter and never inside a loss. The score is
-``s(x_t, sigma) = (D - x_t) / sigma**2`` (ALGORITHMS.md §1.1) and classifier-free guidance uses the
+``s(x_t, sigma) = (D - x_t) / sigma**2`` (docs/math.md §1.1) and classifier-free guidance uses the
 convention ``D_w = D_u + w (D_c - D_u)``, so ``w = 1`` means no guidance (§1.2).
 """
 

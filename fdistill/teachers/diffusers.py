@@ -5,7 +5,7 @@ Two kinds of network are accepted:
 (a) :class:`fdistill.nets.unet.EDMUNet`: already an EDM denoiser (Karras et al. 2022, Table 1), used as is.
 (b) any diffusers ``UNet2DModel`` trained on a DDPM/VP schedule (Ho et al. 2020) with ``prediction_type``
     ``epsilon``, ``v_prediction`` (Salimans & Ho 2022) or ``sample``, wrapped by :class:`VPUNetDenoiser`, which
-    converts exactly as ALGORITHMS.md §1.2: for a VE ``sigma``,
+    converts exactly as docs/math.md §1.2: for a VE ``sigma``,
 
         alpha = 1 / sqrt(1 + sigma^2),   s = sigma * alpha,   x_vp = alpha * x_t,
         t = the (fractional) timestep with sqrt((1 - abar_t) / abar_t) = sigma
@@ -16,7 +16,7 @@ The teacher is frozen (``requires_grad=False``, always in eval mode) but differe
 input, since SiD / SIM / Uni-Instruct back-propagate through it. Classifier-free guidance
 ``D_c + (w - 1)(D_c - D_u)`` (``w = 1`` off) is inherited from :meth:`Teacher.denoise`.
 :meth:`UNetTeacher.make_network` returns a trainable copy of the network: the one-step generator and the fake
-score are initialised from it (ALGORITHMS.md §5.1).
+score are initialised from it (docs/math.md §5.1).
 """
 
 from __future__ import annotations

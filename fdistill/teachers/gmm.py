@@ -1,6 +1,6 @@
 """Analytic Gaussian-mixture teacher: exact denoiser, score, log-density and samples at every sigma.
 
-``p_sigma = sum_k pi_k N(mu_k, (s_k^2 + sigma^2) I)`` (ALGORITHMS.md C8). With posterior component
+``p_sigma = sum_k pi_k N(mu_k, (s_k^2 + sigma^2) I)`` (docs/math.md C8). With posterior component
 weights ``w_k(x) = softmax_k(ln pi_k + ln N(x; mu_k, (s_k^2 + sigma^2) I))`` the ideal denoiser is
 ``D(x) = sum_k w_k (sigma^2 mu_k + s_k^2 x) / (s_k^2 + sigma^2)``. With ``conditional=True`` the label
 is the component index and ``p(x | k) = N(mu_k, s_k^2 I)``, so classifier-free guidance is exact too.

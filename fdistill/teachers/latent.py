@@ -3,7 +3,7 @@
 Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models") trains
 a DDPM in the latent space of an autoencoder, ``z = scaling_factor * E(x)``. Following k-diffusion's
 ``external.py`` (``DiscreteEpsDDPMDenoiser``), the adapter shows the DDPM UNet as one EDM denoiser
-``D(x_t, sigma, cond) -> x0_hat`` in latent space (ALGORITHMS.md §1.2):
+``D(x_t, sigma, cond) -> x0_hat`` in latent space (docs/math.md §1.2):
 
 - VP -> VE: ``x_vp = alpha x0 + s eps`` with ``alpha = sqrt(abar_t)``, ``s = sqrt(1 - abar_t)`` is ``x_t = x_vp / alpha
   = x0 + sigma eps`` with ``sigma = s / alpha = sqrt((1 - abar_t) / abar_t)``. The UNet receives
@@ -266,7 +266,7 @@ class LatentDenoiserNet(nn.Module):
         return sigma, alpha, x_vp, self.timestep(sigma), emb
 
     def to_x0(self, out: Tensor, x_t: Tensor, x_vp: Tensor, sigma: Tensor, alpha: Tensor) -> Tensor:
-        """Convert the UNet's prediction to x0 (ALGORITHMS.md §1.2)."""
+        """Convert the UNet's prediction to x0 (docs/math.md §1.2)."""
         if self.prediction_type == "epsilon":
             return x_t - append_dims(sigma, x_t.ndim) * out
         if self.prediction_type == "v_prediction":

@@ -7,7 +7,7 @@ Models") built small enough to train on a CPU: a frozen ``AutoencoderKL`` (train
 epsilon prediction). Training is SD's own objective (Ho et al. 2020, Eq. 14, "L_simple"):
 ``t ~ U{0..T-1}``, ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``, loss ``|eps_hat - eps|^2`` — computed through the
 VE view of :class:`fdistill.teachers.latent.LatentDenoiserNet` as ``|D(z + sigma_t eps) - z|^2 / sigma_t^2`` (the
-same number for an epsilon UNet, ALGORITHMS.md §1.2), so the network trained is exactly the one the latent teacher
+same number for an epsilon UNet, docs/math.md §1.2), so the network trained is exactly the one the latent teacher
 adapter, the distillation trainer and the stock ``StableDiffusionPipeline`` load. Prompts are dropped to the empty
 prompt with probability ``label_dropout`` (classifier-free guidance).
 
