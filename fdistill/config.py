@@ -125,6 +125,11 @@ class TrainConfig:
     fake_warmup_steps: int = 0  # fake/discriminator-only steps before the generator starts
     sigma_init: float | None = None  # G(z) = D_theta(sigma_init z, sigma_init); null = recipe (SiD 2.5, DMD2 80)
     generator_input: str = "ve"  # ve: x_in = sigma_init z; vp: x_in = sqrt(1 + sigma_init^2) z (SD students)
+    # K-step student (docs/math.md §2.10): K levels, trained by backward simulation; 1 = the one-step generator
+    student_steps: int = 1
+    # the K decreasing levels, first = sigma_init; null = sigma_init then K-1 Karras-spaced levels down to
+    # min(sigma_data, sigma_init) / 2 (fdistill.generator.default_student_sigmas)
+    student_sigmas: list[float] | None = None
     ema_decay: float = 0.999
     grad_clip: float | None = None  # max grad norm for every network; 0 = off; null = recipe (DMD2 10, SiD off)
     mixed_precision: str = "no"  # no | bf16 (fp16 is refused: see _validate)
@@ -256,6 +261,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value} must be >= 1")
     if cfg.train.sigma_init <= 0:
         raise ConfigError(f"train.sigma_init={cfg.train.sigma_init} must be > 0")
+    _validate_student_steps(cfg.train)
     if cfg.train.mixed_precision == "fp16":
         raise ConfigError(
             "train.mixed_precision=fp16 is refused: the fake score, discriminator and generator share accelerate's one "
@@ -264,6 +270,25 @@ def _validate(cfg: Config) -> None:
     _validate_sigma(cfg.method)
     if cfg.teacher.kind == "gmm":
         _validate_gmm(cfg.teacher)
+
+
+def _validate_student_steps(t: TrainConfig) -> None:
+    from fdistill.generator import check_student_sigmas
+
+    if t.student_steps < 1:
+        raise ConfigError(f"train.student_steps={t.student_steps} must be >= 1 (1 = the one-step generator)")
+    if t.student_sigmas is None:
+        return
+    if len(t.student_sigmas) != t.student_steps:
+        raise ConfigError(
+            f"train.student_sigmas has {len(t.student_sigmas)} levels but train.student_steps={t.student_steps}; "
+            "give one level per step (or null for the default schedule)"
+        )
+    try:
+        check_student_sigmas(t.student_sigmas, t.sigma_init)
+    except ValueError as e:
+        hint = "; set train.sigma_init to the first level" if "sigma_init" in str(e) else ""
+        raise ConfigError(f"train.student_sigmas={list(t.student_sigmas)}: {e}{hint}") from None
 
 
 def _validate_sigma(m: MethodConfig) -> None:

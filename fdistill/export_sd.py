@@ -126,6 +126,11 @@ def export_sd_student(
     """
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
+    if len(getattr(student, "sigmas", ())) > 1:
+        raise ValueError(
+            f"K-step SD export not supported yet: this student has {len(student.sigmas)} steps "
+            f"(train.student_steps); only one-step latent students export to the stock pipeline"
+        )
     net = getattr(student, "net", student)
     sigma_init = float(sigma_init if sigma_init is not None else student.sigma_init)
     input_scaling = input_scaling or getattr(student, "input_scaling", "vp")

@@ -13,6 +13,11 @@ Per iteration (each method's recipe, fdistill/methods/recipes.py, fills the conf
    fake score and the discriminator frozen (parameters frozen, differentiable in their input), then clip,
    step, EMA.
 
+A K-step student (``train.student_steps`` = K > 1, docs/math.md §2.10) is trained by backward simulation: each
+sample of both phases draws a step ``k ~ U{1..K}``, its chain runs steps ``1..k-1`` without gradients and the phase
+uses ``x0 = D_theta(x_k, sigma_k)`` (with gradients in the generator phase): every step is trained on its own
+sampling-time inputs and the fake score on the outputs of every step. K = 1 draws nothing extra.
+
 Gradient accumulation runs ``train.grad_accum`` micro-batches per update for every network, syncing
 DDP gradients on the last one only. Every random draw comes from a generator seeded by a hash of
 (seed, step, phase, micro-batch, process), so ``--resume latest`` continues bit-for-bit. Non-finite
@@ -40,7 +45,7 @@ from tqdm.auto import tqdm
 
 from fdistill import methods
 from fdistill.config import Config, ConfigError, MethodConfig, apply_recipe, save_config
-from fdistill.generator import OneStepGenerator
+from fdistill.generator import OneStepGenerator, default_student_sigmas
 from fdistill.methods.base import GeneratorInputs, Method
 from fdistill.nets.discriminator import DiscriminatorHead
 from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss, scaled_to_data
@@ -122,9 +127,19 @@ class Networks:
     discriminator: DiscriminatorHead | None
 
 
+def student_sigmas(cfg: Config, teacher: Teacher) -> list[float]:
+    """The student's K levels: ``train.student_sigmas``, or the default schedule for ``train.student_steps`` at the
+    teacher's data scale (:func:`fdistill.generator.default_student_sigmas`); ``[sigma_init]`` for K = 1."""
+    tc = cfg.train
+    if tc.student_sigmas is not None:
+        return [float(s) for s in tc.student_sigmas]
+    return default_student_sigmas(tc.sigma_init, tc.student_steps, teacher.sigma_data, teacher.sigma_min)
+
+
 def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
     """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
-    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input)
+    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input,
+                                 student_sigmas(cfg, teacher))  # fmt: skip
     if cfg.train.init_generator:
         load_generator_weights(generator, cfg.train.init_generator)
     fake = teacher.make_network()
@@ -262,6 +277,16 @@ class Distiller:
         cond = self.teacher.sample_labels(n, gen, "cpu")
         return z, None if cond is None else cond.to(self.accelerator.device)
 
+    def _chain_draws(self, n: int, gen: torch.Generator) -> tuple[Tensor | None, Tensor | None]:
+        """Backward simulation of a K-step student (docs/math.md §2.10): a step ``k ~ U{1..K}`` per sample and the
+        ``(K - 1, n, ...)`` re-noising draws of its chain, from the phase's generator; nothing is drawn when K = 1
+        (the one-step path's random stream is unchanged)."""
+        steps = self.cfg.train.student_steps
+        if steps == 1:
+            return None, None
+        k = torch.randint(1, steps + 1, (n,), generator=gen).to(self.accelerator.device)
+        return k, self._noise((steps - 1, n, *self.teacher.sample_shape), gen)
+
     def _disc_logit(self, disc: nn.Module, fake_net: nn.Module):
         source = fake_net if self.cfg.method.disc_features == "fake" else self.teacher
 
@@ -294,6 +319,7 @@ class Distiller:
         for i in range(tc.grad_accum):
             gen = _step_generator(self.cfg.seed, step, 1 + k, acc.process_index, i)
             z, cond = self._latents(micro, gen)
+            k_sim, chain_noise = self._chain_draws(micro, gen)  # the student's output at a random step of its chain
             real = None
             if self.disc is not None:  # the fake batch takes the real batch's labels / prompts: p(c) cancels in r
                 real = self.real.sample(micro, gen, acc.device)
@@ -305,7 +331,7 @@ class Distiller:
                     ctx.enter_context(acc.no_sync(m))
             with ctx, acc.autocast():
                 with torch.no_grad():
-                    x_g = self.generator(z, cond).float()
+                    x_g = self._generate(z, cond, chain_noise, k_sim).float()
                 sigma = self.sigma_fake(micro, gen).to(acc.device)
                 eps = self._noise(x_g.shape, gen)
                 loss_fake = denoising_score_matching_loss(
@@ -345,10 +371,11 @@ class Distiller:
         for i in range(tc.grad_accum):
             gen = _step_generator(self.cfg.seed, step, 0, acc.process_index, i)
             z, cond = self._latents(micro, gen)
+            k_sim, chain_noise = self._chain_draws(micro, gen)
             sync = i == tc.grad_accum - 1
             ctx = contextlib.nullcontext() if sync else acc.no_sync(self.generator)
             with ctx, acc.autocast(), frozen(fake_raw, disc_raw):
-                x0 = self.generator(z, cond)
+                x0 = self._generate(z, cond, chain_noise, k_sim)
                 sigma = self.sigma_gen(micro, gen).to(acc.device)
                 inputs = GeneratorInputs(
                     x0=x0,
@@ -367,6 +394,13 @@ class Distiller:
             logs["loss/generator"] = loss.detach()
             logs.update({f"method/{k}": v for k, v in out.logs.items()})
         return logs
+
+    def _generate(self, z: Tensor, cond: Tensor | None, noise: Tensor | None, k: Tensor | None) -> Tensor:
+        """``G(z)`` (K = 1, the call of a one-step run) or the K-step student's x0 at step ``k`` by backward
+        simulation, in one forward of the (possibly wrapped) generator."""
+        if k is None:
+            return self.generator(z, cond)
+        return self.generator(z, cond, noise=noise, step=k)
 
     def _frozen_view(self, module: nn.Module | None) -> nn.Module | None:
         """The module to call with frozen parameters in the generator step: the unwrapped one under DDP
@@ -489,9 +523,13 @@ class Distiller:
 
     @torch.no_grad()
     def sample_student(self, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
+        """``n`` samples of the EMA student with its full K-step chain (z, labels, then the K - 1 re-noising draws)."""
         gen = torch.Generator().manual_seed(seed)
         z, cond = self._latents(n, gen)
-        return self.ema.model(z, cond).float(), cond
+        if self.ema.model.steps == 1:
+            return self.ema.model(z, cond).float(), cond
+        noise = torch.stack([self._noise(z.shape, gen) for _ in range(self.ema.model.steps - 1)])
+        return self.ema.model(z, cond, noise=noise).float(), cond
 
     def evaluate(self, final: bool) -> dict[str, float]:
         from fdistill.train.run_eval import evaluate_run

@@ -2,7 +2,8 @@
 
 Gaussian-mixture teachers get the exact metrics of :mod:`fdistill.metrics.gmm` and a scatter plot of
 teacher vs student samples; image teachers get a sample grid (teacher at its NFE next to the
-one-step student) and the fast proxy FID of :mod:`fdistill.metrics.proxy` where it is available.
+student: one-step, or its full K-step chain) and the fast proxy FID of :mod:`fdistill.metrics.proxy` where it
+is available.
 """
 
 from __future__ import annotations
@@ -63,18 +64,22 @@ def _image_metrics(distiller, samples: torch.Tensor, cond, final: bool) -> dict:
 
 
 def export_image_student(distiller, result: dict) -> None:
-    """Write the EMA generator as a one-step diffusers pipeline in ``RUN_DIR/student``."""
+    """Write the EMA generator as a one-step (or K-step: ``student_sigmas`` in the pipeline config) diffusers
+    pipeline in ``RUN_DIR/student``."""
     from fdistill.pipeline import export_student
 
     cfg = distiller.cfg
+    sigmas = list(distiller.ema.model.sigmas)
+    steps = len(sigmas)
     card = {
-        "title": f"fdistill one-step student ({cfg.method.name})",
+        "title": f"fdistill {'one' if steps == 1 else steps}-step student ({cfg.method.name})",
         "teacher": f"{cfg.teacher.kind}:{cfg.teacher.path}",
         "teacher_path": cfg.teacher.path,
         "method": cfg.method.name,
         "divergence": cfg.method.divergence if cfg.method.name in ("fdistill", "uni_instruct") else "n/a",
-        "NFE": 1,
+        "NFE": steps,
         "sigma_init": cfg.train.sigma_init,
+        **({"student_sigmas": sigmas} if steps > 1 else {}),
         "steps": distiller.state.step,
         "images_seen": distiller.state.images_seen,
         "batch_size": cfg.train.batch_size,
@@ -91,6 +96,7 @@ def export_image_student(distiller, result: dict) -> None:
         names,
         card,
         cfg.train.generator_input,
+        student_sigmas=sigmas,
     )
 
 
