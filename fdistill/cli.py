@@ -104,6 +104,7 @@ COMMANDS = {
     "eval-t2i": (_delegate("fdistill.eval_t2i"), "text-to-image metrics: caption match, R-precision, FD, diversity"),
     "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
     "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),
+    "dt-vis": (_delegate("fdistill.dt_vis"), "grid of each step's x0 prediction: teacher, student, hybrid"),
     "demo": (_delegate("fdistill.demo"), "serve the Gradio demo of a one-step student"),
     "bench": (_delegate("fdistill.bench"), "benchmarks: gmm (mixtures), image (speed, cost), image-fid (FID table)"),
 }
