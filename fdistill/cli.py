@@ -35,10 +35,14 @@ sections and their main keys (see fdistill/config.py for every key and its defau
              prompts_file, lora_rank, gradient_checkpointing
   method.*   name (di|dmd|sid|sim|fdistill|uni_instruct|di_star), divergence (rkl|kl|js|sh|jf|sf|neyman|
              pearson|alpha), alpha (SiD), huber_c, gan_weight, disc_features (fake|teacher), guidance,
-             ratio_bins, normalize_h, alpha_rev, alpha_cfg, sigma
+             ratio_bins, ratio_ema, normalize_h, alpha_rev, alpha_cfg, sigma (lognormal|karras|karras_grid|
+             loguniform|ddpm_uniform), sigma_params, fake_sigma (+ same), fake_sigma_params, disc_weight
   train.*    steps, batch_size, grad_accum, lr_generator, lr_fake, lr_disc, fake_updates, fake_warmup_steps,
-             sigma_init, ema_decay, grad_clip, mixed_precision (no|bf16|fp16), checkpoint_every, log_every
-  reward.*   kind (none|gmm_component|clip|preference), component, path, tokenizer_path, scale
+             sigma_init, ema_decay, grad_clip, adam_beta1, adam_beta2, weight_decay, mixed_precision (no|bf16),
+             checkpoint_every, log_every, max_minutes
+  null recipe keys (sigma_init, adam_*, weight_decay, grad_clip, fake_sigma, disc_weight) take the
+             method's reference recipe (fdistill/methods/recipes.py); --dry-run prints the resolved values
+  reward.*   kind (none|gmm_component|classifier|clip|preference), component, path, tokenizer_path, scale
   seed, output_dir
 
 the run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,

@@ -92,8 +92,7 @@ class MethodConfig:
     alpha_rev: float = 0.0  # di_star: reward weight
     alpha_cfg: float = 0.0  # di_star: CFG omega folded into the reference score (guidance = 1 + omega)
     sigma: str | None = None  # generator sigma distribution; None = the method's paper default
-    # SigmaSampler fields over the generator's distribution, e.g. {p_mean: 0.0, p_std: 1.2} or {t_lo: 20, t_hi: 980};
-    # a lognormal without p_mean is EDM's shifted to the teacher's sigma_data (noise.scaled_to_data)
+    # SigmaSampler fields over the generator's distribution, e.g. {p_mean: 0.0, p_std: 1.2} or {t_lo: 20, t_hi: 980}
     sigma_params: dict[str, float] = field(default_factory=dict)
     fake_sigma: str | None = None  # fake-score DSM distribution: a kind, "same" (the generator's); None = reference's
     fake_sigma_params: dict[str, float] = field(default_factory=dict)  # as sigma_params, for fake_sigma

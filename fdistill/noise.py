@@ -4,15 +4,15 @@ One convention for the whole engine (EDM, Karras et al. 2022, Eq. 7): ``x_t = x 
 VP/DDPM teachers (``x_vp = alpha * x + s * eps``) are seen through ``sigma = s / alpha`` and
 ``x_t = x_vp / alpha`` (docs/math.md §1.2). Each distillation method names the sigma distribution its
 paper uses (docs/math.md §5.2); every distribution here draws from an explicit ``torch.Generator`` so
-that a resumed run sees the same noise. EDM's lognormal parameters are image values (sigma_data = 0.5):
-:func:`scaled_to_data` shifts them to a teacher's data scale.
+that a resumed run sees the same noise. Every parameter is a config key (``method.sigma_params``): EDM's
+lognormal is tuned for images (sigma_data 0.5), presets of other teachers state their own.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -92,15 +92,6 @@ class SigmaSampler:
             return torch.tensor(self.timestep_sigmas, dtype=torch.float32, device=dev)[t]
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator, device=dev))
-
-
-def scaled_to_data(sampler: SigmaSampler, sigma_data: float) -> SigmaSampler:
-    """EDM's lognormal (P_mean -1.2 for sigma_data 0.5) moved to another data scale: ``p_mean + ln(sigma_data /
-    0.5)``, so the draws sit at the same multiples of the data std (ring8w, sigma_data 2.72: median sigma 1.6).
-    The Karras and DDPM distributions span the teacher's whole range already and are returned unchanged."""
-    if sampler.kind != "lognormal":
-        return sampler
-    return replace(sampler, p_mean=sampler.p_mean + math.log(sigma_data / SIGMA_DATA))
 
 
 def edm_loss_weight(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:

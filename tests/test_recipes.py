@@ -13,7 +13,7 @@ from fdistill import methods
 from fdistill.config import ConfigError, load_config
 from fdistill.methods.recipes import RECIPES
 from fdistill.nets.unet import EDMUNet
-from fdistill.noise import SigmaSampler, scaled_to_data
+from fdistill.noise import SigmaSampler
 from fdistill.train.distill import Distiller, _step_generator
 
 TINY = [
@@ -55,14 +55,14 @@ def test_fake_score_learns_where_the_reference_says(tmp_path, name):
         assert _share_above(d.sigma_fake, 10.0) < 0.02
 
 
-def test_lognormal_moves_with_the_data_scale(tmp_path):
-    edm = SigmaSampler("lognormal")
-    assert scaled_to_data(edm, 0.5) == edm
-    assert scaled_to_data(edm, 2.0).p_mean == pytest.approx(-1.2 + torch.log(torch.tensor(4.0)).item())
-    d = Distiller(tiny(tmp_path, "method.name=di"))  # mixture data std ~1.5
-    assert d.sigma_gen.p_mean == pytest.approx(-1.2 + torch.log(torch.tensor(d.teacher.sigma_data / 0.5)).item())
-    d = Distiller(tiny(tmp_path / "b", "method.name=di", "method.sigma_params={p_mean: 0.0, p_std: 0.8}"))
-    assert (d.sigma_gen.p_mean, d.sigma_gen.p_std) == (0.0, 0.8)
+def test_sigma_params_set_each_distribution(tmp_path):
+    d = Distiller(tiny(tmp_path, "method.name=di"))
+    assert (d.sigma_gen.p_mean, d.sigma_gen.p_std) == (-1.2, 1.2)  # EDM's, whatever the data scale
+    d = Distiller(tiny(tmp_path / "b", "method.name=di", "method.sigma_params={p_mean: 0.0, p_std: 0.8}",
+                       "method.fake_sigma_params={p_mean: 0.5}"))  # fmt: skip
+    assert (d.sigma_gen.p_mean, d.sigma_gen.p_std, d.sigma_fake.p_mean, d.sigma_fake.p_std) == (0.0, 0.8, 0.5, 1.2)
+    d = Distiller(tiny(tmp_path / "c", "method.name=dmd", "method.sigma_params={grid_lo: 100}"))
+    assert d.sigma_fake is d.sigma_gen and d.sigma_gen.grid_lo == 100 and isinstance(d.sigma_gen.grid_lo, int)
 
 
 def test_bad_sigma_settings_are_one_line_errors(tmp_path):

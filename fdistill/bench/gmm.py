@@ -4,9 +4,10 @@ Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal 
 far apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode);
 ``ring8w`` (8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the
 independent reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3,
-EMA 0.999, 20,000 evaluation samples). Every run uses the method's own recipe (fdistill/methods/recipes.py)
-for everything the budget does not fix. ``--reference-loop PATH`` also runs an independent minimal loop
-(e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same seeds, so both sides share one machine load.
+Adam beta1 0, EMA 0.999, 20,000 evaluation samples). Every run uses the method's own recipe
+(fdistill/methods/recipes.py) for everything the budget does not fix. ``--reference-loop PATH`` also runs an
+independent minimal loop (e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same seeds, so both sides
+share one machine load.
 Finished runs are reused on a rerun (``--rerun`` starts them again).
 """
 
@@ -35,7 +36,7 @@ RING8W = [
     "teacher.weights=[1,2,3,4,5,6,7,8]",
     "network.hidden=128", "network.depth=4", "train.batch_size=512", "train.fake_warmup_steps=500",
     "train.steps=8500", "train.lr_generator=1e-3", "train.lr_fake=1e-3", "train.lr_disc=1e-3",
-    "train.ema_decay=0.999", "train.num_eval_samples=20000", "train.log_every=500",
+    "train.ema_decay=0.999", "train.num_eval_samples=20000", "train.log_every=500", "train.adam_beta1=0",
 ]  # fmt: skip
 MIXTURES = {"gmm8": [], "far2": FAR2, "ring8w": RING8W}
 
@@ -66,10 +67,12 @@ REFERENCE_NAMES = {"di": "di", "dmd": "dmd", "fdistill rkl": "fdistill-rkl", "fd
 
 
 def run_one(mixture: str, overrides: list[str], steps: int | None, out: Path, seed: int) -> dict:
-    """One engine run (in a worker process); returns its metrics, wall time and 2,000 samples for the grid."""
+    """One engine run (in a worker process); returns its metrics and wall time, saves 2,000 samples for the grid."""
     from fdistill.train.distill import Distiller
 
     torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    sys.stderr = open(out / "train.log", "w")  # noqa: SIM115  (worker process: its bar and logs, not interleaved)
     budget = [] if steps is None else [f"train.steps={steps}"]
     cfg = load_config("configs/gmm8.yaml", [*MIXTURES[mixture], *overrides, *budget, f"seed={seed}",
                                             f"output_dir={out}", "train.checkpoint_every=1000000"])  # fmt: skip
@@ -145,6 +148,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, one CPU thread each (default: 1)")
     p.add_argument("--reference-loop", type=Path, default=None,
                    help="an independent loop with gmm_ref.py's CLI, run on ring8w beside the engine")  # fmt: skip
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every engine run (repeatable), e.g. train.sigma_init=80")  # fmt: skip
     p.add_argument("--rerun", action="store_true", help="run again even where a finished run is in --out")
     p.add_argument("--out", default="runs/bench_gmm", help="folder for runs, table.md, results.json and grid.png")
     args = p.parse_args(argv)
@@ -160,7 +165,7 @@ def main(argv: list[str]) -> int:
         for name, overrides in VARIANTS:
             if name in wanted:
                 for seed in seeds:
-                    jobs.append((mixture, name, "engine", seed, overrides))
+                    jobs.append((mixture, name, "engine", seed, [*overrides, *args.extra]))
                     if args.reference_loop and mixture == "ring8w" and name in REFERENCE_NAMES:
                         jobs.append((mixture, name, "reference loop", seed, REFERENCE_NAMES[name]))
     results: dict[tuple[str, str, str], list[dict]] = {}

@@ -1,4 +1,4 @@
-"""Each method's training recipe as its reference code runs it (docs/math.md §5.1-5.3, docs/recipes.md).
+"""Each method's training recipe as its reference code runs it (docs/math.md §5.1-5.3).
 
 A config value left at ``null`` (``train.sigma_init``, ``train.adam_beta1``, ``train.adam_beta2``,
 ``train.weight_decay``, ``train.grad_clip``, ``method.fake_sigma``, ``method.disc_weight``) takes the

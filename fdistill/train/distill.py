@@ -48,10 +48,10 @@ from fdistill.config import Config, ConfigError, MethodConfig, apply_recipe, sav
 from fdistill.generator import OneStepGenerator, default_student_sigmas
 from fdistill.methods.base import GeneratorInputs, Method
 from fdistill.nets.discriminator import DiscriminatorHead
-from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss, scaled_to_data
+from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss
 from fdistill.rewards import build_reward
 from fdistill.teachers import Teacher, build_teacher
-from fdistill.train.checkpoint import TrainState, list_checkpoints, resolve_resume, save_checkpoint
+from fdistill.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from fdistill.train.ema import EMA
 from fdistill.train.metrics_log import MetricsLog
 
@@ -246,17 +246,14 @@ class Distiller:
             save_config(cfg, self.run_dir / "config.yaml")
         ckpt = resolve_resume(self.run_dir, resume)
         if ckpt is not None:
-            acc.load_state(str(ckpt))
+            load_checkpoint(acc, ckpt)
             log.info("resumed from %s at step %d", ckpt, self.state.step)
         self.metrics = MetricsLog(acc, self.run_dir)
 
     def _sigma_sampler(self, sampler: SigmaSampler, params: dict[str, float]) -> SigmaSampler:
-        """``sampler`` at the teacher's data scale (unless ``params`` sets ``p_mean``), with ``params`` applied, the
-        VP teacher's timestep table attached for ``ddpm_uniform``, and [sigma_min, sigma_max] narrowed to the
-        teacher's (a DDPM-trained latent teacher has sigma in [0.029, 14.6]: draws outside would all be clamped to
-        its first or last timestep)."""
-        if "p_mean" not in params:
-            sampler = scaled_to_data(sampler, self.teacher.sigma_data)
+        """``sampler`` with ``params`` applied, the VP teacher's timestep table attached for ``ddpm_uniform``, and
+        [sigma_min, sigma_max] narrowed to the teacher's (a DDPM-trained latent teacher has sigma in [0.029, 14.6]:
+        draws outside would all be clamped to its first or last timestep)."""
         ints = {"grid_lo", "grid_hi", "t_lo", "t_hi"}
         sampler = dataclasses.replace(sampler, **{k: int(v) if k in ints else float(v) for k, v in params.items()})
         if sampler.kind == "ddpm_uniform":
