@@ -72,7 +72,7 @@ def load_student(spec: str, options: SourceOptions) -> SampleSource:
     teacher, teacher_path = None, card.get("teacher_path") or card.get("teacher", ":").split(":", 1)[1]
     if teacher_path and Path(teacher_path).exists():
         teacher = _teacher_source(teacher_path, pipe.num_classes, options)
-    info = {"nfe": 1, "method": card.get("method", "?"), "student": str(folder)}
+    info = {"nfe": pipe.num_steps, "method": card.get("method", "?"), "student": str(folder)}
     return SampleSource(str(folder), generate, teacher=teacher, info=info)
 
 
