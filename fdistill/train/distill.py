@@ -20,7 +20,8 @@ sampling-time inputs and the fake score on the outputs of every step. K = 1 draw
 
 Gradient accumulation runs ``train.grad_accum`` micro-batches per update for every network, syncing
 DDP gradients on the last one only. Every random draw comes from a generator seeded by a hash of
-(seed, step, phase, micro-batch, process), so ``--resume latest`` continues bit-for-bit. Non-finite
+(seed, step, phase, micro-batch, process), so ``--resume latest`` continues bit-for-bit, also after SIGTERM /
+SIGINT (the current step is finished and checkpointed, then the run returns) or SIGKILL. Non-finite
 losses or gradients skip the update (nothing is written), are counted and stop the run after
 ``train.max_nonfinite`` in a row with a message naming the last good checkpoint.
 """
@@ -54,6 +55,7 @@ from fdistill.teachers import Teacher, build_teacher
 from fdistill.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from fdistill.train.ema import EMA
 from fdistill.train.metrics_log import MetricsLog
+from fdistill.train.signals import GracefulStop, stopped_message
 
 log = logging.getLogger("fdistill")
 
@@ -416,6 +418,13 @@ class Distiller:
     def _all_reduce_sum(self, x: Tensor) -> Tensor:
         return self.accelerator.reduce(x, "sum") if self.accelerator.num_processes > 1 else x
 
+    def _any_everywhere(self, *flags: bool) -> list[bool]:
+        """Whether each flag is set on any process (one all-reduce for all of them; none on one process)."""
+        if self.accelerator.num_processes == 1:
+            return [bool(f) for f in flags]
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.accelerator.device)
+        return [bool(v > 0) for v in self._all_reduce_sum(t).tolist()]
+
     def _finite_everywhere(self, ok: bool) -> bool:
         flag = torch.tensor([0.0 if ok else 1.0], device=self.accelerator.device)
         return bool(self._all_reduce_sum(flag).item() == 0)
@@ -441,6 +450,16 @@ class Distiller:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> Path:
+        """Train to ``train.steps`` (or the ``train.max_minutes`` budget), checkpointing, then evaluate. SIGTERM /
+        SIGINT (:mod:`fdistill.train.signals`) finish the current step, save a checkpoint and return without the
+        final evaluation; ``--resume latest`` continues bit-for-bit."""
+        stop = GracefulStop()
+        try:
+            return self._run(stop)
+        finally:
+            stop.restore()
+
+    def _run(self, stop: GracefulStop) -> Path:
         acc, tc, st = self.accelerator, self.cfg.train, self.state
         acc.init_trackers("fdistill", config=_flat_hparams(self.cfg))
         bar = tqdm(total=tc.steps, initial=st.step, disable=not acc.is_local_main_process, desc="distill",
@@ -493,11 +512,18 @@ class Distiller:
                 bar.set_postfix({**post, **self._budget_postfix(bar, rate, time.perf_counter() - t0, last_eval)})
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
                 last_eval = self.evaluate(final=False)
-            out_of_time = tc.max_minutes > 0 and not self._finite_everywhere(
-                time.perf_counter() - t0 <= 60 * tc.max_minutes
-            )  # any process out of time stops all of them at the same step
-            if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time:
+            # any process out of time or signalled stops all of them at the same step
+            out_of_time, stopping = self._any_everywhere(
+                tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes, stop.requested
+            )
+            if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time or stopping:
                 save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
+            if stopping:
+                bar.close()
+                acc.end_training()
+                if acc.is_main_process:
+                    log.info(stopped_message(st.step))
+                return self.run_dir
             if out_of_time:
                 log.info("train.max_minutes=%g spent at step %d: stopping (resume continues)", tc.max_minutes, st.step)
                 break

@@ -26,9 +26,7 @@ import argparse
 import json
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -43,6 +41,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from fdistill.config import ConfigError, merge_layers, to_dataclass
 from fdistill.noise import SigmaSampler, denoising_score_matching_loss
+from fdistill.train.signals import GracefulStop as _GracefulStop
+from fdistill.train.signals import stopped_message
 
 # --------------------------------------------------------------------------------------------------------------
 # configuration
@@ -379,27 +379,6 @@ def _export(net: torch.nn.Module, run_dir: Path, info: dict, save=None) -> Path:
     return publish_dir(tmp, final, world_readable=False)
 
 
-class _GracefulStop:
-    """SIGTERM / SIGINT finish the current step, save a checkpoint and return; a second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint a run resumes from (they are about to be logged again)."""
     if path.is_file():
@@ -580,7 +559,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
         _export(ema.model, run_dir, info(), recipe.save)
     acc.end_training()
     if stopping:
-        acc.print(f"stopped by signal at step {state.step}; checkpoint saved, continue with --resume latest")
+        acc.print(stopped_message(state.step))
         return run_dir
     acc.print(f"done: step {state.step}, EMA teacher in {run_dir / 'teacher'}")
     return run_dir
