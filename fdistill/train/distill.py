@@ -54,10 +54,26 @@ from fdistill.rewards import build_reward
 from fdistill.teachers import Teacher, build_teacher
 from fdistill.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from fdistill.train.ema import EMA
-from fdistill.train.metrics_log import MetricsLog
+from fdistill.train.metrics_log import MetricsLog, truncate_metrics
 from fdistill.train.signals import GracefulStop, stopped_message
 
 log = logging.getLogger("fdistill")
+
+
+class DistillState(TrainState):
+    """:class:`TrainState` plus the length of ``metrics.jsonl`` when the checkpoint was written: a resumed run drops
+    the rows logged after it (:func:`fdistill.train.metrics_log.truncate_metrics`); -1 in older checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics_bytes = -1
+
+    def state_dict(self) -> dict[str, int]:
+        return {**super().state_dict(), "metrics_bytes": self.metrics_bytes}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self.metrics_bytes = int(state.get("metrics_bytes", -1))
 
 
 class NonFiniteError(RuntimeError):
@@ -240,7 +256,7 @@ class Distiller:
         else:
             self.generator, self.fake, self.opt_g, self.opt_f = acc.prepare(nets.generator, nets.fake, opt_g, opt_f)
             self.disc, self.opt_d = None, None
-        self.state = TrainState()
+        self.state = DistillState()
         acc.register_for_checkpointing(self.ema, self.method, self.state)
 
         if acc.is_main_process:
@@ -250,7 +266,19 @@ class Distiller:
         if ckpt is not None:
             load_checkpoint(acc, ckpt)
             log.info("resumed from %s at step %d", ckpt, self.state.step)
+        if acc.is_main_process:
+            self._drop_metrics_after(ckpt)
         self.metrics = MetricsLog(acc, self.run_dir)
+
+    def _drop_metrics_after(self, ckpt: Path | None) -> None:
+        """``metrics.jsonl`` keeps the rows up to the state the run starts from: those logged before the resumed
+        checkpoint was written, none for a run starting at step 0 (a killed attempt's rows are logged again)."""
+        path, st = self.run_dir / "metrics.jsonl", self.state
+        own = ckpt is not None and ckpt.resolve().parent.parent == self.run_dir.resolve()
+        size = 0 if ckpt is None else st.metrics_bytes if own and st.metrics_bytes >= 0 else None
+        if dropped := truncate_metrics(path, st.step, size):
+            since = f"after the checkpoint of step {st.step}" if ckpt is not None else "by an earlier attempt"
+            log.warning("%s: dropped %d row(s) logged %s (they are logged again)", path, dropped, since)
 
     def _sigma_sampler(self, sampler: SigmaSampler, params: dict[str, float]) -> SigmaSampler:
         """``sampler`` with ``params`` applied, the VP teacher's timestep table attached for ``ddpm_uniform``, and
@@ -517,6 +545,7 @@ class Distiller:
                 tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes, stop.requested
             )
             if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time or stopping:
+                st.metrics_bytes = self.metrics.size()
                 save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
             if stopping:
                 bar.close()

@@ -380,10 +380,11 @@ def _export(net: torch.nn.Module, run_dir: Path, info: dict, save=None) -> Path:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a run resumes from (they are about to be logged again)."""
-    if path.is_file():
-        rows = path.read_text().splitlines()
-        path.write_text("".join(r + "\n" for r in rows if r.strip() and json.loads(r).get("step", 0) <= step))
+    """Drop rows logged after the checkpoint a run resumes from (they are about to be logged again), and a killed
+    run's half-written last row."""
+    from fdistill.train.metrics_log import truncate_metrics
+
+    truncate_metrics(path, step)
 
 
 def train_teacher(cfg: TeacherTrainConfig, resume: str | None = None) -> Path:
