@@ -6,6 +6,8 @@ folded into the reference score ("DI*-IN"): ``s_ref = s_c + omega (s_c - s_u)``,
 reward-tilted reference ``p(x|c) p(c|x)^omega``; in our ``w = 1 means off`` convention the teacher's
 guidance is ``w = 1 + alpha_cfg``. Per-sample loss: ``SIM(x0) - alpha_rev * R(x0, c)``; a row that SIM drops
 (non-finite network output) is dropped whole, reward included.
+
+Training recipe (``methods/recipes.py``): DI*'s training code is not public; SIM's (= SiD's) loop.
 """
 
 from __future__ import annotations

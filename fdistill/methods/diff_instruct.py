@@ -2,6 +2,9 @@
 
 Gradient ``E[w(sigma) (s_q - s_p) . dx0/dtheta]`` with ``w = sigma^2``, i.e. the x0-space direction
 ``D_q - D_p``; no normaliser, no back-propagation through the networks, sigma ~ LogNormal(-1.2, 1.2).
+
+Training recipe (``methods/recipes.py``): the diff_instruct README's sigma_init 1, Adam (0, 0.999), no clip, fake
+score on EDM's lognormal.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Update ``g = (D_q - D_p) / mean_chw |x0 - D_p|`` applied through the pseudo-target loss
 ``0.5 mean (x0 - sg(x0 - g))^2``; DMD2's optional non-saturating GAN term (``method.gan_weight``) goes
 through the frozen discriminator. sigma on the 1000-point Karras grid, indices 20..980.
+
+Training recipe (``methods/recipes.py``): DMD2's EDM runs, sigma_init 80, AdamW (0.9, 0.999, wd 0.01), grad clip 10,
+the fake score on the generator's own grid, discriminator BCE at 0.01 on the fake score.
 """
 
 from __future__ import annotations

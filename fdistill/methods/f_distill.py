@@ -9,6 +9,9 @@ then the DMD L1 normaliser. Deviations, on purpose: bins uniform in log sigma (F
 which puts almost every sample of a Karras grid in its first bin), and the running mean is a ratio of decayed
 sums and counts with pooling of sparse bins (:class:`PerNoiseLevelMean`), so that it is not noise at small batch.
 With ``gan_weight > 0`` one discriminator forward serves both the GAN term and the (detached) ratio.
+
+Training recipe (``methods/recipes.py``): FastGen's, sigma_init 80, AdamW (0.9, 0.999, wd 0.01), grad clip 10,
+the fake score on the generator's own grid.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ trainer adds its BCE on real vs generated data to the fake-score update) and ``g
 added to the generator loss, on the same ``x_t``. Deviations from SiDA's code: our head is a small conv head, not
 the channel mean of the bottleneck, and the GAN term is not divided by ``wf`` (SiDA's 0.5/0.5 mix of the two
 terms is a choice of ``gan_weight``).
+
+Training recipe (``methods/recipes.py``): SiD's run_sid.sh, sigma_init 2.5, Adam (0, 0.999), no clip, fake score
+on EDM's lognormal.
 """
 
 from __future__ import annotations

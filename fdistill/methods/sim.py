@@ -6,6 +6,9 @@ surrogate ``d'(u) . (s_q - grad log q(x_t | x0)) = d'(u) . (D_q - x0) / sigma^2`
 weighting) so that ``d = |.|^2`` gives exactly twice SiD with ``alpha = 1``. Distances: ``pseudo_huber``
 ``sqrt(|u|^2 + c^2) - c`` (SIM's default, Diff-Instruct*'s regulariser) and ``l2`` ``|u|^2``. Non-finite
 rows are dropped exactly (:func:`fdistill.methods.sid.frozen_denoisers`).
+
+Training recipe (``methods/recipes.py``): SIM's training code is not public; SiD's loop (sigma_init 2.5, Adam
+(0, 0.999), no clip, fake score on EDM's lognormal).
 """
 
 from __future__ import annotations
