@@ -50,10 +50,16 @@ samples.png and metrics.json; `--resume latest` continues a killed run exactly w
 """
 
 
+def one_line(message: object) -> str:
+    """``message`` as one printable line: line breaks and other control characters (from user input quoted in an
+    error) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message).strip())
+
+
 def _distill(argv: list[str]) -> int:
     from fdistill.config import ConfigError, load_config, to_yaml
 
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="fdistill distill",
         description="Distill a teacher diffusion model into a one-step generator with any registered method.",
         epilog=DISTILL_EPILOG,
@@ -63,11 +69,15 @@ def _distill(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides (default: none)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (default: start fresh)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    args = p.parse_intermixed_args(argv)
+    try:
+        args = p.parse_intermixed_args(argv)
+    except ArgumentError as e:
+        print(f"fdistill: distill: {one_line(e)} (see fdistill distill --help)", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"fdistill: config error: {e}", file=sys.stderr)
+        print(f"fdistill: config error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(to_yaml(cfg), end="")
@@ -78,10 +88,10 @@ def _distill(argv: list[str]) -> int:
     try:
         run_dir = distill(cfg, resume=args.resume)
     except ConfigError as e:  # bad input found while starting, e.g. a damaged --resume checkpoint (CheckpointError)
-        print(f"fdistill: {e}", file=sys.stderr)
+        print(f"fdistill: {one_line(e)}", file=sys.stderr)
         return 2
     except (NonFiniteError, FileNotFoundError, DiskFullError) as e:
-        print(f"fdistill: {e}", file=sys.stderr)
+        print(f"fdistill: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"run directory: {run_dir}")
     return 0

@@ -3,9 +3,11 @@
 A run is described by one :class:`Config` (OmegaConf structured config). ``load_config`` merges, in
 order, the schema defaults, a YAML preset and ``key=value`` overrides from the command line; any key
 the schema does not know, or a value of the wrong type, raises :class:`ConfigError` with one line that
-names the key and what is accepted. The keys ``teacher.kind``, ``teacher.means``, ``teacher.stds``,
-``teacher.weights``, ``method.name``, ``method.divergence``, ``method.alpha``, ``train.steps``,
-``train.batch_size``, ``seed`` and ``output_dir`` are a public contract.
+names the key and what is accepted; so do non-finite floats and numbers outside their range (:data:`RANGES`:
+rates >= 0, betas and decays in [0, 1), step counts >= 1, ...), checked after the method's recipe fills its keys.
+The keys ``teacher.kind``, ``teacher.means``, ``teacher.stds``, ``teacher.weights``, ``method.name``,
+``method.divergence``, ``method.alpha``, ``train.steps``, ``train.batch_size``, ``seed`` and ``output_dir`` are a
+public contract.
 
 ``method`` is one flat section shared by all methods so that switching ``method.name`` alone switches
 the method; each method reads the fields it documents and the trainer warns about set fields the
@@ -15,6 +17,7 @@ chosen method ignores.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -183,7 +186,7 @@ def known_keys(schema: type = None) -> list[str]:  # type: ignore[assignment]
 
 def _friendly(err: OmegaConfBaseException, where: str, schema: type) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
-    msg = getattr(err, "msg", str(err)).splitlines()[0]
+    msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).strip().splitlines()[0]
     if "not in" in msg or "Missing key" in msg or "Key '" in msg:
         keys = known_keys(schema)
         close = difflib.get_close_matches(key, keys, n=3)
@@ -191,9 +194,9 @@ def _friendly(err: OmegaConfBaseException, where: str, schema: type) -> ConfigEr
         siblings = [k[len(section) :] for k in keys if k.startswith(section) and "." not in k[len(section) :]]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         return ConfigError(
-            f"{where}: unknown config key '{key}'.{hint} Accepted in this section: {', '.join(siblings)}"
+            f"{where}: unknown config key {key!r}.{hint} Accepted in this section: {', '.join(siblings)}"
         )
-    return ConfigError(f"{where}: bad value for '{key}': {msg}")
+    return ConfigError(f"{where}: bad value for {key!r}: {msg}")
 
 
 def merge_layers(schema: type, path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -207,20 +210,30 @@ def merge_layers(schema: type, path: str | Path | None, overrides: Sequence[str]
             layers.append((str(p), OmegaConf.load(p)))
         except Exception as e:  # yaml errors
             raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    sections = {k.split(".", 1)[0]: k for k in reversed(known_keys(schema)) if "." in k}  # section -> its first key
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=500)")
+        if (key := item.split("=", 1)[0].strip()) in sections:
+            raise ConfigError(f"override {item!r}: {key} is a section; set its keys, e.g. {sections[key]}=...")
         try:
             layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # OmegaConf grammar errors, and anything else it raises on odd text
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
     merged = OmegaConf.structured(schema)
     for where, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
             raise _friendly(e, where, schema) from None
+        except (TypeError, ValueError) as e:  # e.g. a list merged into a dict field
+            raise ConfigError(f"{where}: {_first_line(e)}") from None
     return merged
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def to_dataclass(merged: DictConfig, schema: type) -> Any:
@@ -228,6 +241,8 @@ def to_dataclass(merged: DictConfig, schema: type) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise _friendly(e, "config", schema) from None
+    except (TypeError, ValueError) as e:  # a resolver or conversion failing outside OmegaConf's own errors
+        raise ConfigError(f"config: {_first_line(e)}") from None
 
 
 def _validate(cfg: Config) -> None:
@@ -258,8 +273,7 @@ def _validate(cfg: Config) -> None:
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value < 1:
             raise ConfigError(f"{key}={value} must be >= 1")
-    if cfg.train.sigma_init <= 0:
-        raise ConfigError(f"train.sigma_init={cfg.train.sigma_init} must be > 0")
+    _validate_numbers(cfg)
     _validate_student_steps(cfg.train)
     if cfg.train.mixed_precision == "fp16":
         raise ConfigError(
@@ -269,6 +283,81 @@ def _validate(cfg: Config) -> None:
     _validate_sigma(cfg.method)
     if cfg.teacher.kind == "gmm":
         _validate_gmm(cfg.teacher)
+
+
+#: numeric keys and the interval they must lie in ("[0, inf)": finite and >= 0; "[0, inf]": inf allowed); null is
+#: accepted where the schema allows it. Everything else that is a float must be finite (see ``INFINITE_OK``).
+RANGES: dict[str, str] = {
+    "train.lr_generator": "[0, inf)",
+    "train.lr_fake": "[0, inf)",
+    "train.lr_disc": "[0, inf)",
+    "train.adam_beta1": "[0, 1)",
+    "train.adam_beta2": "[0, 1)",
+    "train.weight_decay": "[0, inf)",
+    "train.fake_warmup_steps": "[0, inf)",
+    "train.sigma_init": "(0, inf)",
+    "train.ema_decay": "[0, 1]",
+    "train.grad_clip": "[0, inf]",
+    "train.checkpoint_every": "[1, inf)",
+    "train.keep_checkpoints": "[0, inf)",
+    "train.log_every": "[1, inf)",
+    "train.eval_every": "[0, inf)",
+    "train.max_nonfinite": "[1, inf)",
+    "train.max_minutes": "[0, inf]",
+    "train.num_eval_samples": "[1, inf)",
+    "train.num_workers": "[0, inf)",
+    "network.hidden": "[1, inf)",
+    "network.depth": "[1, inf)",
+    "network.sigma_data": "(0, inf)",
+    "teacher.sample_nfe": "[1, inf)",
+    "teacher.lora_rank": "[0, inf)",
+    "teacher.lora_alpha": "(0, inf)",
+    "method.huber_c": "(0, inf)",
+    "method.gan_weight": "[0, inf)",
+    "method.disc_weight": "[0, inf)",
+    "method.logit_clip": "(0, inf]",
+    "method.ratio_min": "(0, inf)",
+    "method.ratio_max": "(0, inf]",
+    "method.ratio_bins": "[0, inf)",
+    "method.ratio_ema": "[0, 1)",
+    "reward.component": "[0, inf)",
+}
+INFINITE_OK = {k for k, interval in RANGES.items() if interval.endswith("inf]")}
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    lo, hi = (float(v) for v in interval[1:-1].split(","))
+    above = value > lo or (interval[0] == "[" and value == lo)
+    below = value < hi or (interval[-1] == "]" and value == hi)
+    return above and below  # NaN is in no interval
+
+
+def _describe(interval: str, value: float) -> str:
+    lo, hi = (v.strip() for v in interval[1:-1].split(","))
+    if hi == "inf":
+        finite = "a finite number " if interval[-1] == ")" and isinstance(value, float) else ""
+        return f"{finite}{'>=' if interval[0] == '[' else '>'} {lo}"
+    return f"in {interval}"
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """Every float is a finite number (NaN and inf only where ``INFINITE_OK``), every ``RANGES`` key in its range."""
+    tree = OmegaConf.structured(cfg)
+    for key in known_keys():
+        value = OmegaConf.select(tree, key)
+        values = value.values() if OmegaConf.is_dict(value) else value if OmegaConf.is_list(value) else [value]
+        flat = [v for item in values for v in (item if OmegaConf.is_list(item) else [item])]
+        if key not in INFINITE_OK and any(isinstance(v, float) and not math.isfinite(v) for v in flat):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{key}={shown!r} must be finite (no nan or inf)")
+        if key in RANGES and value is not None and not _in_interval(value, RANGES[key]):
+            raise ConfigError(f"{key}={value!r} must be {_describe(RANGES[key], value)}")
+    t, m = cfg.train, cfg.method
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum={t.grad_accum} "
+                          "(the micro-batch is batch_size / grad_accum)")  # fmt: skip
+    if m.ratio_min > m.ratio_max:
+        raise ConfigError(f"method.ratio_min={m.ratio_min} must be <= method.ratio_max={m.ratio_max}")
 
 
 def _validate_student_steps(t: TrainConfig) -> None:
@@ -338,10 +427,20 @@ def _validate_gmm(t: TeacherConfig) -> None:
             not isinstance(value, (list, tuple)) and not OmegaConf.is_list(value) or len(value) != k
         ):
             raise ConfigError(f"teacher.{key} must be a list of {k} numbers (one per component), got {value!r}")
-    if t.stds is not None and any(float(s) <= 0 for s in t.stds):
-        raise ConfigError(f"teacher.stds must be positive, got {list(t.stds)}")
-    if t.weights is not None and (any(float(w) < 0 for w in t.weights) or sum(float(w) for w in t.weights) <= 0):
-        raise ConfigError(f"teacher.weights must be non-negative with a positive sum, got {list(t.weights)}")
+    numbers = {}
+    for key in ("stds", "weights"):
+        value = getattr(t, key)
+        try:
+            numbers[key] = None if value is None else [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ConfigError(f"teacher.{key} must be a list of {k} numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for m in means for v in m):
+        raise ConfigError(f"teacher.means must be finite, got {means}")
+    stds, weights = numbers["stds"], numbers["weights"]
+    if stds is not None and not all(0 < s < math.inf for s in stds):
+        raise ConfigError(f"teacher.stds must be positive and finite, got {list(t.stds)}")
+    if weights is not None and (not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0):
+        raise ConfigError(f"teacher.weights must be non-negative and finite with a positive sum, got {list(t.weights)}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> Config:
