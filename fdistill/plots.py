@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -15,8 +16,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def image_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
-    """One row block per tensor (N x C x H x W in [-1, 1]), 8 images a line."""
+def image_grid(rows: list[torch.Tensor], pad: int = 2, labels: Sequence[str | None] | None = None) -> Image.Image:
+    """One row block per tensor (N x C x H x W in [-1, 1]), 8 images a line. ``labels``: one text per block (e.g.
+    "teacher, NFE 18"), written in a strip left of the images (PIL's default font, black on the white background);
+    without labels no strip."""
     blocks = []
     for images in rows:
         arr = to_uint8(images)
@@ -33,7 +36,34 @@ def image_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
     width = max(b.shape[1] for b in blocks)
     blocks = [np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
     grid = np.concatenate(blocks, axis=0)
-    return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if labels is None or not any(labels):
+        return image
+    if len(labels) != len(rows):
+        raise ValueError(f"image_grid: {len(labels)} labels for {len(rows)} row blocks")
+    return _label_strip(image, [b.shape[0] for b in blocks], list(labels), pad)
+
+
+def label_strip_width(labels: Sequence[str | None], pad: int = 2) -> int:
+    """Width in pixels of the strip :func:`image_grid` puts left of the images for ``labels``."""
+    font = ImageFont.load_default()
+    return max(int(font.getbbox(t)[2]) if t else 0 for t in labels) + 4 * pad
+
+
+def _label_strip(image: Image.Image, heights: list[int], labels: list[str | None], pad: int) -> Image.Image:
+    font = ImageFont.load_default()
+    strip = label_strip_width(labels, pad)
+    out = Image.new(image.mode, (image.width + strip, image.height), 255 if image.mode == "L" else (255, 255, 255))
+    out.paste(image, (strip, 0))
+    draw = ImageDraw.Draw(out)
+    ink = 0 if image.mode == "L" else (0, 0, 0)
+    top = 0
+    for height, text in zip(heights, labels, strict=True):
+        if text:
+            _, y0, _, y1 = font.getbbox(text)
+            draw.text((2 * pad, top + max((height - (y1 - y0)) // 2 - y0, 0)), text, fill=ink, font=font)
+        top += height
+    return out
 
 
 def save_scatter(path: str | Path, real: torch.Tensor, fake: torch.Tensor, title: str = "") -> None:

@@ -1,9 +1,9 @@
 """End-of-run (and periodic) evaluation of a distillation run: metrics and ``samples.png``.
 
 Gaussian-mixture teachers get the exact metrics of :mod:`fdistill.metrics.gmm` and a scatter plot of
-teacher vs student samples; image teachers get a sample grid (teacher at its NFE next to the
-student: one-step, or its full K-step chain) and the fast proxy FID of :mod:`fdistill.metrics.proxy` where it
-is available.
+teacher vs student samples; image teachers get a sample grid (teacher rows at its NFE above the student's: one-step,
+or its full K-step chain; each block labelled "teacher, NFE n" / "student, NFE K" in a strip on the left) and the
+fast proxy FID of :mod:`fdistill.metrics.proxy` where it is available.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _image_metrics(distiller, samples: torch.Tensor, cond, final: bool) -> dict:
         z_cond = cond[:grid_n] if cond is not None else None
         rows.insert(0, teacher.sample(grid_n, z_cond, nfe=cfg.teacher.sample_nfe, generator=gen,
                                       device=distiller.accelerator.device).cpu())  # fmt: skip
-    image_grid(rows).save(Path(run_dir) / ("samples.png" if final else f"samples_{distiller.state.step:08d}.png"))
+    labels = grid_labels(cfg.teacher.sample_nfe if final else None, distiller.ema.model.steps)
+    name = "samples.png" if final else f"samples_{distiller.state.step:08d}.png"
+    image_grid(rows, labels=labels).save(Path(run_dir) / name)
     if cfg.data.name != "fashion_mnist":  # the proxy classifier knows Fashion-MNIST only
         return out
     from fdistill.metrics.proxy import ProxyFID
@@ -61,6 +63,13 @@ def _image_metrics(distiller, samples: torch.Tensor, cond, final: bool) -> dict:
     distiller._proxy_fid = scorer
     out["proxy_fid"] = float(scorer.score(samples))
     return out
+
+
+def grid_labels(teacher_nfe: int | None, student_steps: int) -> list[str]:
+    """The row labels of ``samples.png``: the teacher's rows (when shown) with its sampler's NFE, then the student's
+    with its own (1 for a one-step student, K for a K-step one)."""
+    teacher = [f"teacher, NFE {teacher_nfe}"] if teacher_nfe is not None else []
+    return [*teacher, f"student, NFE {student_steps}"]
 
 
 def export_image_student(distiller, result: dict) -> None:
