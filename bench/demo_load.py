@@ -59,11 +59,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(student: Path, port: int, concurrency: int, log: Path) -> subprocess.Popen:
+def resolve_student(checkpoint: str | None, arch: str, folder: Path) -> tuple[Path, str]:
+    """The student to serve and how to name it: ``checkpoint``, else the shipped one, else a random ``arch`` one."""
+    shipped = REPO / "checkpoints" / "fmnist_student"
+    if checkpoint:
+        return Path(checkpoint), checkpoint
+    if (shipped / "model_index.json").is_file():
+        return shipped, str(shipped.relative_to(REPO))
+    return random_student(arch, folder), f"random {arch} student (no checkpoint)"
+
+
+def first_class(student: Path) -> str | None:
+    """The class every request asks for (the second class name, as the load test always did; None: unconditional)."""
+    names = json.loads((student / "model_index.json").read_text()).get("class_names") or []
+    return names[1 % len(names)] if names else None
+
+
+def start_server(
+    student: Path,
+    port: int,
+    concurrency: int,
+    log: Path,
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``fdistill demo`` (student only, CPU, 127.0.0.1:``port``) in a child process; ``extra_args`` are appended to its
+    command line, ``env`` updates its environment."""
     cmd = [sys.executable, "-m", "fdistill", "demo", "--checkpoint", str(student), "--no-teacher"]
     cmd += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--concurrency", str(concurrency), "--max-queue", "256"]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    cmd += ["--concurrency", str(concurrency), "--max-queue", "256", *(extra_args or [])]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0):
@@ -80,13 +116,47 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     sys.exit(f"demo_load: the server did not answer within {timeout:.0f} s; log: {log}")
 
 
-def run_level(url: str, clients: int, requests: int, images: int, class_name: str) -> dict[str, float]:
+STUDENT_MS = re.compile(r"one-step student \| 1 \| ([\d.]+) ms")
+
+
+def probe_device(url: str, proc: subprocess.Popen, log: Path, class_name: str | None) -> str:
+    """Wait for the server, send one 1-image request, and return the device it reports (``'device ?'``: none)."""
+    probe = wait_until_up(url, proc, log)
+    _, _, info, _ = probe.predict(class_name=class_name, seed=0, num_images=1, api_name="/generate")
+    device = re.search(r"· ([^·]+)$", info.splitlines()[0])
+    return device.group(1).strip() if device else "device ?"
+
+
+def request_kwargs(class_name: str | None, images: int) -> dict:
+    """The ``/generate`` arguments of every load-test request but the seed: student only, ``images`` images."""
+    return {"class_name": class_name, "num_images": images, "run_teacher": False, "api_name": "/generate"}
+
+
+def warm_clients(url: str, clients: int, kwargs: dict, **client_kwargs) -> list:
+    """``clients`` ``gradio_client.Client`` objects, each after one untimed call (connection, session, server-side
+    caches); ``client_kwargs`` go to ``Client`` (e.g. ``download_files``)."""
     from gradio_client import Client
 
-    pool_clients = [Client(url, verbose=False) for _ in range(clients)]
-    kwargs = {"class_name": class_name, "num_images": images, "run_teacher": False, "api_name": "/generate"}
-    for c in pool_clients:  # warm-up: one untimed call per client (connection, session, server-side caches)
+    pool_clients = [Client(url, verbose=False, **client_kwargs) for _ in range(clients)]
+    for c in pool_clients:
         c.predict(seed=0, **kwargs)
+    return pool_clients
+
+
+def timed_request(client, seed: int, kwargs: dict) -> tuple[float, float, tuple]:
+    """One ``/generate`` call: client-observed latency (ms), the server's student latency parsed from the info text
+    (ms, NaN when absent) and the call's outputs ``(student_gallery, teacher_gallery, info, seed_used)``."""
+    t0 = time.perf_counter()
+    out = client.predict(seed=seed, **kwargs)
+    dt = time.perf_counter() - t0
+    info = out[2] if isinstance(out, tuple | list) and len(out) > 2 and isinstance(out[2], str) else ""
+    m = STUDENT_MS.search(info)
+    return dt * 1e3, float(m.group(1)) if m else float("nan"), out
+
+
+def run_level(url: str, clients: int, requests: int, images: int, class_name: str) -> dict[str, float]:
+    kwargs = request_kwargs(class_name, images)
+    pool_clients = warm_clients(url, clients, kwargs)
     latencies: list[float] = []
     compute: list[float] = []
     lock = threading.Lock()
@@ -98,13 +168,10 @@ def run_level(url: str, clients: int, requests: int, images: int, class_name: st
                 i = next(counter, None)
             if i is None:
                 return
-            t0 = time.perf_counter()
-            _, _, info, _ = c.predict(seed=i, **kwargs)
-            dt = time.perf_counter() - t0
-            m = re.search(r"one-step student \| 1 \| ([\d.]+) ms", info)
+            ms, server_ms, _ = timed_request(c, i, kwargs)
             with lock:
-                latencies.append(dt * 1e3)
-                compute.append(float(m.group(1)) if m else float("nan"))
+                latencies.append(ms)
+                compute.append(server_ms)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as ex:
@@ -138,31 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="fdistill_demo_load_") as tmp:
         tmp = Path(tmp)
-        shipped = REPO / "checkpoints" / "fmnist_student"
-        if args.checkpoint:
-            student, what = Path(args.checkpoint), args.checkpoint
-        elif (shipped / "model_index.json").is_file():
-            student, what = shipped, str(shipped.relative_to(REPO))
-        else:
-            student, what = random_student(args.arch, tmp), f"random {args.arch} student (no checkpoint)"
+        student, what = resolve_student(args.checkpoint, args.arch, tmp)
         port, log = free_port(), tmp / "server.log"
         url = f"http://127.0.0.1:{port}/"
         proc = start_server(student, port, args.server_concurrency, log)
         try:
-            names = json.loads((student / "model_index.json").read_text()).get("class_names") or []
-            class_name = names[1 % len(names)] if names else None
-            probe = wait_until_up(url, proc, log)
-            _, _, info, _ = probe.predict(class_name=class_name, seed=0, num_images=1, api_name="/generate")
-            device = re.search(r"· ([^·]+)$", info.splitlines()[0])
+            class_name = first_class(student)
+            device = probe_device(url, proc, log, class_name)
             rows = [run_level(url, c, args.requests, args.images, class_name) for c in levels]
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     print(f"\nfdistill demo load test: {what}; {args.images} images/request; server --concurrency "
-          f"{args.server_concurrency}; {device.group(1).strip() if device else 'device ?'}; localhost\n")  # fmt: skip
+          f"{args.server_concurrency}; {device}; localhost\n")  # fmt: skip
     print("| clients | requests | req/s | images/s | p50 ms | p95 ms | server compute p50 ms |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:

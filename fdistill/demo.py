@@ -106,6 +106,7 @@ MAX_NFE = 79
 DEFAULT_NFE = 35
 MAX_CFG = 10.0
 MAX_PROMPT_CHARS = 1000
+DEFAULT_CACHE_TTL = 3600  # seconds a result PNG stays in Gradio's cache (swept every half of it)
 NUM_EXAMPLES = 8
 ALL_CLASSES = "All classes (cycled)"
 SD_PIPELINE = "StableDiffusionPipeline"
@@ -834,12 +835,22 @@ def create_demo(
     concurrency_limit: int = 2,
     max_queue: int = 64,
     display_scale: int = 4,
+    cache_ttl: int = DEFAULT_CACHE_TTL,
 ) -> gr.Blocks:
     """Build the demo page (queue configured, not launched). See :class:`DemoEngine` for the arguments.
+
+    Every result image is a new PNG in Gradio's cache (``$GRADIO_TEMP_DIR``, else ``<tmp>/gradio``); ``cache_ttl``
+    bounds it: the page gets ``delete_cache=(cache_ttl // 2, cache_ttl)`` (every ``cache_ttl / 2`` seconds Gradio
+    deletes the files older than ``cache_ttl`` seconds; default 3600: every 30 min, files older than 1 h), and
+    :func:`launch_demo` adds :func:`sweep_cache` every ``cache_ttl / 4`` seconds, which keeps going where Gradio 6's
+    sweep stops and removes the folders it leaves. A file then lives at most about 1.25 ``cache_ttl``, and the
+    cache holds what that long of requests writes.
 
     Raises :class:`DemoSetupError` (one-line message) for a missing/broken checkpoint or an unusable device.
     The engine is kept as ``demo.engine``. Launch with :func:`launch_demo` (theme, CSS, ``share=False``) or
     ``demo.launch(...)``."""
+    if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, int) or cache_ttl < 1:
+        raise ValueError(f"cache_ttl must be an integer number of seconds >= 1, got {cache_ttl!r}")
     engine = DemoEngine(student_path, teacher_path, device, load_teacher=load_teacher)
     import gradio as gr
 
@@ -880,8 +891,9 @@ def create_demo(
 
     conditional = bool(engine.num_classes)
     has_teacher = engine.teacher is not None
-    # every output file is unique (see `gallery`), so bound the cache: each 30 min drop files older than 1 h
-    with gr.Blocks(title="fdistill one-step demo", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    # every output file is unique (see `gallery`), so bound the cache (see `sweep_cache`, run by `launch_demo`)
+    delete_cache = (max(1, cache_ttl // 2), cache_ttl)
+    with gr.Blocks(title="fdistill one-step demo", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(header_markdown(engine), elem_id="header")
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
@@ -964,13 +976,115 @@ def create_demo(
     return demo
 
 
+def _is_hash_name(name: str) -> bool:
+    return len(name) >= 32 and all(c in "0123456789abcdef" for c in name)
+
+
+def remove_empty_cache_dirs(cache_dir: str | Path, min_age: float) -> int:
+    """Remove the empty per-file folders of Gradio's cache untouched for ``min_age`` seconds; returns how many.
+
+    Gradio saves each output file as ``<cache>/<sha256 of its bytes>/image.png`` and its ``delete_cache`` sweep
+    deletes the file but leaves the folder, so without this every result image would leave an empty folder (an
+    inode, 4 KiB on ext4) for good. Only folders named like a content hash directly under ``cache_dir`` are
+    considered; ``os.rmdir`` never removes a folder that holds a file, and a folder is left alone until its last
+    change is ``min_age`` old (one just created for a file being written is never touched)."""
+    removed, now = 0, time.time()
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _is_hash_name(entry.name):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > min_age:
+                os.rmdir(entry.path)
+                removed += 1
+        except OSError:  # not empty, or already gone
+            continue
+    return removed
+
+
+def sweep_cache(blocks: gr.Blocks, age: float, min_dir_age: float) -> tuple[int, int]:
+    """Delete the files ``blocks`` put in Gradio's cache more than ``age`` seconds ago (by ctime, as Gradio goes),
+    with their folders, then the empty folders left by anyone else (:func:`remove_empty_cache_dirs`); returns
+    ``(files, folders)`` removed.
+
+    The same job as Gradio's ``delete_cache`` sweep, done safely: Gradio 6's walks each live set of the files it
+    tracks, so a request finishing during a sweep ("Set changed size during iteration") ends its schedule for good and
+    the cache grows from then on. This walks copies, drops deleted files from the sets, and skips the components'
+    ``keep_in_cache`` files as Gradio does."""
+    cache = Path(blocks.GRADIO_CACHE).resolve()
+    keep: set[str] = set()
+    for component in list(blocks.blocks.values()):
+        keep.update(getattr(component, "keep_in_cache", ()))
+    files, now = 0, time.time()
+    for temp_set in list(blocks.temp_file_sets):
+        for name in list(temp_set):
+            if name in keep:
+                continue
+            path = Path(name)
+            try:
+                if now - path.lstat().st_ctime <= age:
+                    continue
+                path.unlink()
+                files += 1
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            temp_set.discard(name)
+            if path.parent.parent == cache and _is_hash_name(path.parent.name):
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+    return files, remove_empty_cache_dirs(cache, min_dir_age)
+
+
+def _cache_sweeper(blocks: gr.Blocks, frequency: int, age: int) -> Any:
+    """A FastAPI lifespan that runs :func:`sweep_cache` twice per ``frequency`` seconds (Gradio's sweep period)
+    while serving; a failed sweep is logged and the next one runs on time. Folders changed in the last
+    ``min(period, 10)`` seconds are left alone."""
+    import asyncio
+
+    period = max(1, frequency // 2)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    await asyncio.to_thread(sweep_cache, blocks, age, min(period, 10))
+                except Exception:
+                    log.exception("cache sweep failed")
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan
+
+
 def launch_demo(
     demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs: Any
 ) -> tuple[Any, str, str]:
     """``demo.launch`` with this demo's defaults: ``share=False``, 127.0.0.1 (or ``$GRADIO_SERVER_NAME``), port
-    7860 (or ``$GRADIO_SERVER_PORT``), system fonts (no font CDN), pixelated image scaling; ``kwargs`` override."""
+    7860 (or ``$GRADIO_SERVER_PORT``), system fonts (no font CDN), pixelated image scaling; ``kwargs`` override.
+
+    With the page's ``delete_cache = (frequency, age)`` set (:func:`create_demo` sets it from ``cache_ttl``), the
+    server also runs :func:`sweep_cache` every ``frequency / 2`` seconds (the sweep Gradio's can stop doing, plus the
+    empty folders it leaves), unless ``app_kwargs`` brings a lifespan of its own."""
     import gradio as gr
 
+    if getattr(demo, "delete_cache", None):
+        frequency, age = demo.delete_cache
+        app_kwargs = dict(kwargs.get("app_kwargs") or {})
+        app_kwargs.setdefault("lifespan", _cache_sweeper(demo, int(frequency), int(age)))
+        kwargs["app_kwargs"] = app_kwargs
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     options: dict[str, Any] = {
         "server_name": host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -1052,13 +1166,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="nearest-neighbour upscaling of the images in the page (default: 4)",
     )
+    p.add_argument(
+        "--cache-ttl",
+        type=int,
+        default=DEFAULT_CACHE_TTL,
+        metavar="SECONDS",
+        help="delete result images from Gradio's cache ($GRADIO_TEMP_DIR) once older than SECONDS, checked every "
+        "SECONDS/4 (default: %(default)s)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fdistill demo [options]``: returns 2 with one line on stderr for a bad checkpoint, device or port."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    for name in ("concurrency", "max_queue", "display_scale"):
+    for name in ("concurrency", "max_queue", "display_scale", "cache_ttl"):
         if getattr(args, name) < 1:
             print(f"fdistill demo: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
@@ -1081,6 +1203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency_limit=args.concurrency,
             max_queue=args.max_queue,
             display_scale=args.display_scale,
+            cache_ttl=args.cache_ttl,
         )
     except DemoSetupError as e:
         print(f"fdistill demo: {e}", file=sys.stderr)
