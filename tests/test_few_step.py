@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from test_image_distill import image_config, save_tiny_fmnist_teacher
+from test_trainer import tiny
 
 from fdistill import methods
 from fdistill.cli import main
-from fdistill.config import ConfigError, load_config
+from fdistill.config import ConfigError
 from fdistill.generator import OneStepGenerator, default_student_sigmas, run_chain
 from fdistill.nets.unet import EDMUNet
 from fdistill.pipeline import OneStepPipeline, export_student
@@ -22,43 +24,18 @@ from fdistill.teachers.diffusers import UNetTeacher
 from fdistill.train.checkpoint import list_checkpoints
 from fdistill.train.distill import Distiller, distill
 
-GMM = [
-    "teacher.means=[[-1.5,0.0],[1.5,0.0]]",
-    "teacher.stds=[0.2,0.2]",
-    "teacher.weights=[0.6,0.4]",
-    "network.hidden=32",
-    "network.depth=2",
-    "train.batch_size=32",
-    "train.steps=6",
-    "train.log_every=2",
-    "train.num_eval_samples=256",
-    "train.fake_warmup_steps=1",
-]
 
-
-def gmm(tmp_path, *extra: str):
-    return load_config(None, [*GMM, f"output_dir={tmp_path}", *extra])
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher")
+    save_tiny_fmnist_teacher(path)
+    return path
 
 
 def tiny_unet(num_classes: int = 10, size: int = 32) -> EDMUNet:
     torch.manual_seed(0)
     return EDMUNet(sample_size=size, in_channels=1, block_out_channels=(8, 16), attention_levels=(),
                    num_classes=num_classes, norm_num_groups=4, attention_head_dim=8)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    tiny_unet().save_pretrained(path)
-    return path
-
-
-def image_config(teacher_dir, out, *extra: str):
-    return load_config(None, [
-        "teacher.kind=unet", f"teacher.path={teacher_dir}", "teacher.sample_nfe=3", "data.name=synthetic",
-        "train.steps=3", "train.batch_size=4", "train.fake_warmup_steps=1", "train.num_eval_samples=8",
-        "train.log_every=1", "train.checkpoint_every=2", "train.lr_generator=1e-3", f"output_dir={out}", *extra,
-    ])  # fmt: skip
 
 
 # ---- the schedule and the chain --------------------------------------------------------------------------
@@ -69,7 +46,7 @@ def test_default_schedule_and_config_errors(tmp_path):
     s = default_student_sigmas(80.0, 4, sigma_data=0.5)
     assert s[0] == 80.0 and s[-1] == pytest.approx(0.25) and all(a > b for a, b in zip(s, s[1:], strict=False))
     assert default_student_sigmas(1.0, 2, sigma_data=0.5) == pytest.approx([1.0, 0.25])
-    cfg = gmm(tmp_path, "method.name=sid", "train.student_steps=3", "train.student_sigmas=[2.5,1.0,0.3]")
+    cfg = tiny(tmp_path, "method.name=sid", "train.student_steps=3", "train.student_sigmas=[2.5,1.0,0.3]")
     assert cfg.train.student_sigmas == [2.5, 1.0, 0.3]
     for bad, msg in [
         (["train.student_steps=0"], "must be >= 1"),
@@ -78,7 +55,7 @@ def test_default_schedule_and_config_errors(tmp_path):
         (["method.name=sid", "train.student_steps=2", "train.student_sigmas=[2.5,2.6]"], "strictly decreasing"),
     ]:
         with pytest.raises(ConfigError, match=msg):
-            gmm(tmp_path, *bad)
+            tiny(tmp_path, *bad)
 
 
 class Toy(torch.nn.Module):
@@ -121,7 +98,7 @@ def test_one_step_generator_is_unchanged_and_k_step_chain_is_the_definition():
 @pytest.mark.parametrize(("where", "steps"), [("gmm", 3), ("image", 2)])
 def test_backward_simulation_trains_every_step(teacher_dir, tmp_path, monkeypatch, where, steps):
     if where == "gmm":
-        cfg = gmm(tmp_path, "method.name=dmd", f"train.student_steps={steps}", "train.fake_warmup_steps=0")
+        cfg = tiny(tmp_path, "method.name=dmd", f"train.student_steps={steps}", "train.fake_warmup_steps=0")
     else:
         cfg = image_config(teacher_dir, tmp_path, "method.name=sid", f"train.student_steps={steps}")
     d = Distiller(cfg)
@@ -155,7 +132,7 @@ def test_backward_simulation_trains_every_step(teacher_dir, tmp_path, monkeypatc
 
 
 def test_k1_draws_nothing_extra(tmp_path):
-    d = Distiller(gmm(tmp_path))
+    d = Distiller(tiny(tmp_path))
     assert d._chain_draws(4, torch.Generator().manual_seed(0)) == (None, None) and d.generator.steps == 1
 
 
@@ -164,7 +141,7 @@ def test_every_method_trains_a_k_step_student(tmp_path, name):
     extra = ["method.divergence=js"] if name in ("fdistill", "uni_instruct") else []
     if name == "di_star":
         extra = ["method.alpha_rev=0.1", "reward.kind=gmm_component", "reward.component=1"]
-    distill(gmm(tmp_path, f"method.name={name}", "train.student_steps=2", "train.steps=3", *extra))
+    distill(tiny(tmp_path, f"method.name={name}", "train.student_steps=2", "train.steps=3", *extra))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/generator" in r for r in rows) and all(r.get("nonfinite_total", 0) == 0 for r in rows)
     assert "modes_covered" in json.loads((tmp_path / "metrics.json").read_text())
@@ -174,9 +151,9 @@ def test_k_step_resume_is_bit_exact(tmp_path):
     from safetensors.torch import load_file
 
     args = ["method.name=fdistill", "method.divergence=kl", "train.checkpoint_every=3", "train.student_steps=3"]
-    distill(gmm(tmp_path / "full", *args))
-    distill(gmm(tmp_path / "part", *args, "train.steps=3"))
-    distill(gmm(tmp_path / "part", *args), resume="latest")
+    distill(tiny(tmp_path / "full", *args))
+    distill(tiny(tmp_path / "part", *args, "train.steps=3"))
+    distill(tiny(tmp_path / "part", *args), resume="latest")
     a, b = (load_file(str(list_checkpoints(tmp_path / r)[-1] / "model.safetensors")) for r in ("full", "part"))
     assert a.keys() == b.keys()
     for k in a:

@@ -205,6 +205,18 @@ def test_dmd_gradient(world, normalize):
     torch.testing.assert_close(g_x0, g / NUMEL, **EXACT)
 
 
+def assert_plus_gan_term(world, with_gan, without_gan, weight: float) -> None:
+    """Loss and generator gradient of ``with_gan`` are those of ``without_gan`` plus ``weight`` times the
+    non-saturating GAN term ``softplus(-logit(x_t))`` (and its gradient) on the same batch."""
+    (la, ga), (lb, gb) = with_gan, without_gan
+    b = world.inputs()
+    gan = torch.nn.functional.softplus(-world.logit_net(b.x_t, b.sigma))
+    g_gan = torch.autograd.grad(gan.sum(), list(world.gen.parameters()))
+    torch.testing.assert_close(la, lb + weight * gan.detach(), **EXACT)
+    for a, bb, gg in zip(ga, gb, g_gan, strict=True):
+        torch.testing.assert_close(a, bb + weight * gg, **EXACT)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -222,12 +234,7 @@ def test_gan_term(world, cfg):
 
     la, ga, _, _ = world.run(replace(cfg, gan_weight=0.3))
     lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0))
-    b2 = world.inputs()
-    gan = torch.nn.functional.softplus(-world.logit_net(b2.x_t, b2.sigma))
-    g_gan = torch.autograd.grad(gan.sum(), list(world.gen.parameters()))
-    torch.testing.assert_close(la, lb + 0.3 * gan.detach(), **EXACT)
-    for a, bb, gg in zip(ga, gb, g_gan, strict=True):
-        torch.testing.assert_close(a, bb + 0.3 * gg, **EXACT)
+    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3)
 
 
 def test_uni_instruct_h_normalisation_is_a_batch_constant(world):
@@ -529,9 +536,4 @@ def test_gan_term_and_ratio_share_one_discriminator_forward(world, cfg):
     counter0 = CountingLogit(world.logit_net)
     lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0), logit=counter0)
     assert counter0.calls == 1
-    b2 = world.inputs()
-    gan = torch.nn.functional.softplus(-world.logit_net(b2.x_t, b2.sigma))
-    g_gan = torch.autograd.grad(gan.sum(), list(world.gen.parameters()))
-    torch.testing.assert_close(la, lb + 0.3 * gan.detach(), **EXACT)
-    for a, bb, gg in zip(ga, gb, g_gan, strict=True):
-        torch.testing.assert_close(a, bb + 0.3 * gg, **EXACT)
+    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3)
