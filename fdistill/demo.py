@@ -70,6 +70,7 @@ import contextlib  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import secrets  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -409,11 +410,24 @@ class GenerationResult:
     teacher_sampler: str | None = None
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a one-line error message (control characters escaped)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool): what a number field of the API accepts."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _as_int(value: Any, name: str, lo: int, hi: int, hint: str = "") -> int:
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"{name} must be an integer in {lo}..{hi}{hint}, got {value!r}")
+    if not _is_real(value) or value != int(value):
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}{hint}, got {_shown(value)}")
     if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}{hint}, got {int(value)}")
+        raise ValueError(
+            f"{name} must be in {lo}..{hi}{hint}, got {_shown(int(value) if abs(value) < 1e30 else value)}"
+        )
     return int(value)
 
 
@@ -611,7 +625,7 @@ class DemoEngine:
             return [i % self.num_classes for i in range(n)]
         if class_name in self.class_names:
             return [self.class_names.index(class_name)] * n
-        raise ValueError(f"unknown class {class_name!r}; accepted: {', '.join(map(repr, self.class_choices))}")
+        raise ValueError(f"unknown class {_shown(class_name)}; accepted: {', '.join(map(repr, self.class_choices))}")
 
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
         """``z``: the first CPU draw of ``seed``, ``(n, *latent_shape)``, the starting noise of student and teacher."""
@@ -679,6 +693,8 @@ class DemoEngine:
         if seed == -1:
             seed = secrets.randbelow(MAX_SEED + 1)
         if self.text_conditional:
+            if prompt is not None and not isinstance(prompt, str):
+                raise ValueError(f"the prompt must be text, got {_shown(prompt)}")
             prompt = (prompt or "").strip()
             if not prompt:
                 raise ValueError("the prompt is empty: describe the image to generate")
@@ -698,9 +714,9 @@ class DemoEngine:
                 raise ValueError(f"no teacher is loaded ({self.teacher_note.replace('`', '')})")
             nfe = _as_int(teacher_nfe, "teacher NFE", 1, MAX_NFE)
             lo = self.min_cfg
-            if cfg_scale is None or isinstance(cfg_scale, bool) or not lo <= float(cfg_scale) <= MAX_CFG:
+            if not _is_real(cfg_scale) or not lo <= cfg_scale <= MAX_CFG:
                 why = " (the Stable-Diffusion pipeline guides only above 1)" if self.sd else ""
-                raise ValueError(f"CFG scale must be in {lo:g}..{MAX_CFG:g} (1 = off){why}, got {cfg_scale!r}")
+                raise ValueError(f"CFG scale must be in {lo:g}..{MAX_CFG:g} (1 = off){why}, got {_shown(cfg_scale)}")
 
         self._sync()
         t0 = time.perf_counter()
