@@ -454,8 +454,7 @@ class Distiller:
         return [bool(v > 0) for v in self._all_reduce_sum(t).tolist()]
 
     def _finite_everywhere(self, ok: bool) -> bool:
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.accelerator.device)
-        return bool(self._all_reduce_sum(flag).item() == 0)
+        return not self._any_everywhere(not ok)[0]
 
     def _apply(self, optimizers, modules, logs: dict, tag: str) -> bool:
         """Clip, check finiteness on every process, step (or skip) and zero the gradients."""
@@ -528,8 +527,7 @@ class Distiller:
                     acc.end_training()
                     raise NonFiniteError(
                         f"{consecutive_bad} non-finite steps in a row at step {step}; nothing was saved from them. "
-                        f"Last good checkpoint: {where}. Lower the learning rates, use mixed_precision=bf16 "
-                        f"instead of fp16, or enable train.grad_clip."
+                        f"Last good checkpoint: {where}. Lower the learning rates or enable train.grad_clip."
                     )
             bar.update(1)
             if st.step % tc.log_every == 0 or st.step == tc.steps:
