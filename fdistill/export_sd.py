@@ -195,6 +195,7 @@ def evaluate_latent_run(distiller, final: bool) -> dict:
 
     from fdistill.plots import image_grid
     from fdistill.rewards import CLIPReward
+    from fdistill.train.run_eval import grid_labels
 
     t0 = time.perf_counter()
     cfg, teacher, run_dir = distiller.cfg, distiller.teacher, Path(distiller.run_dir)
@@ -220,7 +221,8 @@ def evaluate_latent_run(distiller, final: bool) -> dict:
         )
         rows.insert(0, _decode(teacher, ref).cpu())
     name = "samples.png" if final else f"samples_{distiller.state.step:08d}.png"
-    image_grid([r.clamp(-1, 1) for r in rows]).save(run_dir / name)
+    labels = grid_labels(cfg.teacher.sample_nfe if final else None, distiller.ema.model.steps)
+    image_grid([r.clamp(-1, 1) for r in rows], labels=labels).save(run_dir / name)
     if isinstance(distiller.reward, CLIPReward):
         result["reward"] = float(distiller.reward(latents, cond).mean())
     if final and distiller.accelerator.is_main_process:
