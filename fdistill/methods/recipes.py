@@ -28,19 +28,10 @@ _DMD2 = Recipe("DMD2 (tianweiy/DMD2 main/edm, experiments/imagenet)", 80.0, (0.9
 RECIPES: dict[str, Recipe] = {
     "di": Recipe("Diff-Instruct (pkulwj1994/diff_instruct README)", 1.0, (0.0, 0.999), 0.0, 0.0, "lognormal"),
     "dmd": _DMD2,
-    "fdistill": Recipe(
-        "f-distill (NVlabs/FastGen configs/methods/config_f_distill.py)", 80.0, (0.9, 0.999), 0.01, 10.0, "same"
-    ),
+    "fdistill": replace(_DMD2, reference="f-distill (NVlabs/FastGen configs/methods/config_f_distill.py)"),
     "sid": _SID,
     "sim": replace(_SID, reference="SIM: no public training code; SiD's loop"),
-    "uni_instruct": Recipe(
-        "Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, a SiDA fork)",
-        2.5,
-        (0.0, 0.999),
-        0.0,
-        0.0,
-        "lognormal",
-    ),  # fmt: skip
+    "uni_instruct": replace(_SID, reference="Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, SiDA fork)"),
     "di_star": replace(_SID, reference="Diff-Instruct*: no public training code; SIM's (= SiD's) loop"),
 }
 
@@ -50,4 +41,6 @@ DISC_WEIGHT = {"fake": 1e-2, "teacher": 1.0}
 
 
 def recipe_for(name: str) -> Recipe:
+    """The method's recipe; a method registered outside this package without one gets SiD's (no momentum, no
+    clip, no decay: the conservative choice)."""
     return RECIPES.get(name, _SID)
