@@ -183,8 +183,8 @@ def run_level(url: str, clients: int, requests: int, images: int, class_name: st
             "compute": float(np.nanmedian(compute))}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_student_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--arch``: the student the demo serves (shared by the load and soak benchmarks)."""
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         default="fmnist",
         help="architecture of the random student used without a checkpoint (default: fmnist)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_student_args(p)
     p.add_argument("--clients", default="1,4,16", help="comma list of concurrent client counts (default: 1,4,16)")
     p.add_argument("--requests", type=int, default=48, help="timed requests per level (default: 48)")
     p.add_argument("--images", type=int, default=4, help="images per request (default: 4)")

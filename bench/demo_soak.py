@@ -302,17 +302,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="student folder (default: checkpoints/fmnist_student if present, else a random --arch one)",
-    )
-    p.add_argument(
-        "--arch",
-        choices=sorted(demo_load.ARCHS),
-        default="fmnist",
-        help="architecture of the random student used without a checkpoint (default: fmnist)",
-    )
+    demo_load.add_student_args(p)
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
     p.add_argument("--duration", type=float, default=180.0, help="seconds of load after the warm-up (default: 180)")
     p.add_argument("--images", type=int, default=4, help="images per request (default: 4)")
