@@ -265,10 +265,11 @@ def publish_dir(tmp: str | Path, final: str | Path, world_readable: bool = True)
     return final
 
 
-def _any_process(accelerator: Accelerator, *flags: bool) -> list[bool]:
-    """Whether each flag is set on any process (a collective, so also a barrier)."""
+def any_process(accelerator: Accelerator, *flags: bool) -> list[bool]:
+    """Whether each flag is set on any process (one collective for all of them, so also a barrier; none on one
+    process)."""
     if accelerator.num_processes == 1:
-        return list(flags)
+        return [bool(f) for f in flags]
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
     return [bool(v > 0) for v in accelerator.reduce(t, reduction="sum").tolist()]
 
@@ -306,7 +307,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, ke
         accelerator.save_state(str(tmp))
     except Exception as e:  # every process must reach the collectives below, whatever failed
         error = e
-    (failed,) = _any_process(accelerator, error is not None)
+    (failed,) = any_process(accelerator, error is not None)
     if main and not failed:
         try:
             write_manifest(tmp)
@@ -316,7 +317,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, ke
         except OSError as e:
             error = e
     free = _free_bytes(root) if error is not None else None  # before the cleanup frees space
-    failed, disk_full = _any_process(accelerator, error is not None, error is not None and _is_disk_full(error, free))
+    failed, disk_full = any_process(accelerator, error is not None, error is not None and _is_disk_full(error, free))
     if failed:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -52,7 +52,14 @@ from fdistill.nets.discriminator import DiscriminatorHead
 from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss
 from fdistill.rewards import build_reward
 from fdistill.teachers import Teacher, build_teacher
-from fdistill.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from fdistill.train.checkpoint import (
+    TrainState,
+    any_process,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from fdistill.train.ema import EMA
 from fdistill.train.metrics_log import MetricsLog, truncate_metrics
 from fdistill.train.signals import GracefulStop, stopped_message
@@ -446,15 +453,8 @@ class Distiller:
     def _all_reduce_sum(self, x: Tensor) -> Tensor:
         return self.accelerator.reduce(x, "sum") if self.accelerator.num_processes > 1 else x
 
-    def _any_everywhere(self, *flags: bool) -> list[bool]:
-        """Whether each flag is set on any process (one all-reduce for all of them; none on one process)."""
-        if self.accelerator.num_processes == 1:
-            return [bool(f) for f in flags]
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.accelerator.device)
-        return [bool(v > 0) for v in self._all_reduce_sum(t).tolist()]
-
     def _finite_everywhere(self, ok: bool) -> bool:
-        return not self._any_everywhere(not ok)[0]
+        return not any_process(self.accelerator, not ok)[0]
 
     def _apply(self, optimizers, modules, logs: dict, tag: str) -> bool:
         """Clip, check finiteness on every process, step (or skip) and zero the gradients."""
@@ -539,8 +539,8 @@ class Distiller:
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
                 last_eval = self.evaluate(final=False)
             # any process out of time or signalled stops all of them at the same step
-            out_of_time, stopping = self._any_everywhere(
-                tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes, stop.requested
+            out_of_time, stopping = any_process(
+                self.accelerator, tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes, stop.requested
             )
             if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time or stopping:
                 st.metrics_bytes = self.metrics.size()
