@@ -380,14 +380,12 @@ def _validate_student_steps(t: TrainConfig) -> None:
 
 
 def _validate_sigma(m: MethodConfig) -> None:
-    from dataclasses import fields as dc_fields
-
     from fdistill.noise import SigmaSampler
 
     for key, kind, extra in (("sigma", m.sigma, ()), ("fake_sigma", m.fake_sigma, ("same",))):
         if kind is not None and kind not in (*SigmaSampler.KINDS, *extra):
             raise ConfigError(f"method.{key}={kind!r}; choose one of: {', '.join((*SigmaSampler.KINDS, *extra))}")
-    numeric = [f.name for f in dc_fields(SigmaSampler) if f.name not in ("kind", "timestep_sigmas")]
+    numeric = [f.name for f in fields(SigmaSampler) if f.name not in ("kind", "timestep_sigmas")]
     for key in ("sigma_params", "fake_sigma_params"):
         bad = [k for k in getattr(m, key) if k not in numeric]
         if bad:
