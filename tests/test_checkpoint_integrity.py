@@ -242,7 +242,7 @@ def test_load_checkpoint_unpickles_registered_objects_weights_only(tmp_path):
 
 
 def test_eval_on_a_teacher_folder_says_how_to_evaluate_a_teacher(tmp_path, capsys):
-    from fdistill.evaluate import main as eval_main
+    from fdistill.eval.images import main as eval_main
 
     teacher = tmp_path / "my_teacher"
     teacher.mkdir()
@@ -262,7 +262,7 @@ def test_eval_on_a_teacher_folder_says_how_to_evaluate_a_teacher(tmp_path, capsy
 
 
 def test_eval_on_the_shipped_teacher(capsys):
-    from fdistill.evaluate import main as eval_main
+    from fdistill.eval.images import main as eval_main
 
     assert eval_main(["checkpoints/fmnist_teacher"]) == 2
     assert "fdistill eval checkpoints/fmnist_student --teacher-nfe 9,17,35" in _one_line(capsys)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fdistill.cli import main
 from fdistill.config import known_keys
+from fdistill.cli import main
 
 KEYS = known_keys()
 SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})

@@ -19,9 +19,9 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from PIL import Image  # noqa: E402
 
-from fdistill.demo import ALL_CLASSES, DemoEngine, DemoSetupError, create_demo, launch_demo, main  # noqa: E402
+from fdistill.apps.demo import ALL_CLASSES, DemoEngine, DemoSetupError, create_demo, launch_demo, main  # noqa: E402
+from fdistill.export.pipeline import OneStepOutput, OneStepPipeline, export_student  # noqa: E402
 from fdistill.nets.unet import EDMUNet  # noqa: E402
-from fdistill.pipeline import OneStepOutput, OneStepPipeline, export_student  # noqa: E402
 
 SIZE, SCALE, NAMES = 8, 4, ["alpha", "beta", "gamma"]
 
@@ -195,12 +195,12 @@ def test_unconditional_student_and_env_var(tmp_path, monkeypatch):
 def test_default_teacher_is_optional_but_a_named_one_must_match(tmp_path, checkpoints, monkeypatch):
     student, _ = checkpoints
     monkeypatch.delenv("FDISTILL_TEACHER", raising=False)
-    monkeypatch.setattr("fdistill.demo.DEFAULT_TEACHER", str(tmp_path / "no_teacher_here"))
+    monkeypatch.setattr("fdistill.apps.demo.DEFAULT_TEACHER", str(tmp_path / "no_teacher_here"))
     engine = DemoEngine(student, device="cpu")
     assert engine.teacher is None and "none found" in engine.teacher_note
     other = tmp_path / "other_teacher"  # a teacher of another student: 4 classes
     tiny_unet(num_classes=4).save_pretrained(other)
-    monkeypatch.setattr("fdistill.demo.DEFAULT_TEACHER", str(other))
+    monkeypatch.setattr("fdistill.apps.demo.DEFAULT_TEACHER", str(other))
     engine = DemoEngine(student, device="cpu")
     assert engine.teacher is None and "4 classes" in engine.teacher_note  # the default: served without it
     with pytest.raises(DemoSetupError, match="4 classes"):
@@ -222,9 +222,9 @@ class TextStubPipeline(OneStepPipeline):
 
 
 def test_text_conditional_student_gets_a_prompt_box(tmp_path, monkeypatch):
-    import fdistill.pipeline
+    import fdistill.export.pipeline
 
-    monkeypatch.setattr(fdistill.pipeline, "TextStubPipeline", TextStubPipeline, raising=False)
+    monkeypatch.setattr(fdistill.export.pipeline, "TextStubPipeline", TextStubPipeline, raising=False)
     TextStubPipeline(tiny_unet(num_classes=0)).save_pretrained(tmp_path / "t")
     assert json.loads((tmp_path / "t" / "model_index.json").read_text())["_class_name"] == "TextStubPipeline"
     demo = create_demo(tmp_path / "t", device="cpu", load_teacher=False)

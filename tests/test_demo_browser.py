@@ -27,9 +27,9 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytest.importorskip("gradio")
 
-from fdistill.demo import create_demo, launch_demo  # noqa: E402
+from fdistill.apps.demo import create_demo, launch_demo  # noqa: E402
+from fdistill.export.pipeline import export_student  # noqa: E402
 from fdistill.nets.unet import EDMUNet  # noqa: E402
-from fdistill.pipeline import export_student  # noqa: E402
 
 SIZE, SCALE, NAMES, N = 16, 4, ["alpha", "beta", "gamma"], 6
 

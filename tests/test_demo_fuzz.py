@@ -15,8 +15,8 @@ gr = pytest.importorskip("gradio")
 
 from test_demo import NAMES, SIZE, TextStubPipeline, tiny_unet  # noqa: E402
 
-from fdistill.demo import ALL_CLASSES, MAX_IMAGES, create_demo  # noqa: E402
-from fdistill.pipeline import export_student  # noqa: E402
+from fdistill.apps.demo import ALL_CLASSES, MAX_IMAGES, create_demo  # noqa: E402
+from fdistill.export.pipeline import export_student  # noqa: E402
 
 MAX_MESSAGE = 300
 GOOD = {"class_name": "beta", "prompt": "a red bag", "seed": 0, "num_images": 1, "run_teacher": False,
@@ -32,15 +32,16 @@ def endpoint(demo) -> object:
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory, request):
-    import fdistill.pipeline
+    import fdistill.export.pipeline
 
     root = tmp_path_factory.mktemp("demo_fuzz")
     export_student(tiny_unet(), 2.5, root / "student", class_names=NAMES, card={"method": "dmd", "NFE": 1})
     tiny_unet(seed=1).save_pretrained(root / "teacher")
     class_demo = create_demo(root / "student", root / "teacher", device="cpu", display_scale=1)
-    # a text-conditional student (prompt box), as in test_demo; its class must be importable from fdistill.pipeline
-    fdistill.pipeline.TextStubPipeline = TextStubPipeline
-    request.addfinalizer(lambda: delattr(fdistill.pipeline, "TextStubPipeline"))
+    # a text-conditional student (prompt box), as in test_demo; its class must be importable from
+    # fdistill.export.pipeline
+    fdistill.export.pipeline.TextStubPipeline = TextStubPipeline
+    request.addfinalizer(lambda: delattr(fdistill.export.pipeline, "TextStubPipeline"))
     TextStubPipeline(tiny_unet(num_classes=0)).save_pretrained(root / "text")
     text_demo = create_demo(root / "text", device="cpu", load_teacher=False, display_scale=1)
     return {"class": endpoint(class_demo), "text": endpoint(text_demo)}

@@ -1,11 +1,10 @@
-"""bench/demo_soak.py end to end (a short soak of a tiny random student: 0 errors, bounded cache) and the demo's
-sweep of the empty folders Gradio leaves in its cache."""
+"""fdistill/bench/demo_soak.py end to end (a short soak of a tiny random student: 0 errors, bounded cache) and the
+demo's sweep of the empty folders Gradio leaves in its cache."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,11 +14,8 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from fdistill.demo import build_parser, remove_empty_cache_dirs, sweep_cache  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import demo_load  # noqa: E402
-import demo_soak  # noqa: E402
+from fdistill.apps.demo import build_parser, remove_empty_cache_dirs, sweep_cache  # noqa: E402
+from fdistill.bench import demo_load, demo_soak
 
 
 def test_remove_empty_cache_dirs(tmp_path):

@@ -1,5 +1,6 @@
 """The demo serving a text-to-image one-step student exported as a stock ``StableDiffusionPipeline`` folder
-(:mod:`fdistill.export_sd`) next to its SD-style latent teacher, with tiny random components built here (no network).
+(:mod:`fdistill.export.stable_diffusion`) next to its SD-style latent teacher, with tiny random components built
+here (no network).
 
 The student is the exact call its ``fdistill_export.json`` records on the seed's noise ``z``; the teacher is the stock
 pipeline with DPM-Solver++ 2M (trailing steps) on the same ``z``; any prompt text works; a teacher of other latents or
@@ -20,7 +21,7 @@ import torch
 
 pytest.importorskip("gradio")
 
-from fdistill.demo import (  # noqa: E402
+from fdistill.apps.demo import (  # noqa: E402
     NUM_EXAMPLES,
     SD_SAMPLER,
     DemoEngine,
@@ -29,8 +30,8 @@ from fdistill.demo import (  # noqa: E402
     info_markdown,
     main,
 )
-from fdistill.export_sd import export_sd_student, one_step_kwargs  # noqa: E402
-from fdistill.generator import OneStepGenerator  # noqa: E402
+from fdistill.export.stable_diffusion import export_sd_student, one_step_kwargs  # noqa: E402
+from fdistill.nets.generator import OneStepGenerator  # noqa: E402
 from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher  # noqa: E402
 
 PROMPTS = [f"{c} {thing}" for c in ("red", "blue") for thing in ("ball", "cat", "car", "sun", "hat", "cup")]
@@ -193,7 +194,7 @@ def test_student_without_its_export_record_is_a_one_line_error(folders, tmp_path
 
 def test_folder_without_the_packaged_text_encoder_weights_loads(folders, engine, tmp_path, monkeypatch):
     """A shipped folder leaves out the all-MiniLM-L6-v2 weights (the installed package's): loaded from there."""
-    import fdistill.text_encoders as te
+    import fdistill.nets.text_encoders as te
 
     student, _ = folders
     packaged = shutil.copytree(student / "text_encoder", tmp_path / "packaged")  # stands in for the package
@@ -208,7 +209,7 @@ def test_page_has_a_prompt_box_with_example_prompts_and_serves_them(folders):
     gradio_client = pytest.importorskip("gradio_client")
     from test_demo import free_port
 
-    from fdistill.demo import launch_demo
+    from fdistill.apps.demo import launch_demo
 
     student, teacher = folders
     demo = create_demo(student, teacher, device="cpu", display_scale=2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdistill import divergences
+from fdistill.core import divergences
 
 EXPECTED_NAMES = ["alpha", "jf", "js", "kl", "neyman", "pearson", "rkl", "sf", "sh"]
 # (name, params) pairs covering every registered factory, alpha at several orders (incl. negative/ >1)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fdistill.eval_t2i import (
+from fdistill.eval.t2i import (
     T2IGenerator,
     batch_noise,
     diversity_scores,
@@ -23,8 +23,8 @@ from fdistill.eval_t2i import (
     select_prompts,
     teacher_generators,
 )
-from fdistill.export_sd import export_sd_student
-from fdistill.generator import OneStepGenerator
+from fdistill.export.stable_diffusion import export_sd_student
+from fdistill.nets.generator import OneStepGenerator
 from fdistill.rewards import PreferenceReward, save_tiny_clip_model
 from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher
 

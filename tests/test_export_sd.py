@@ -14,8 +14,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fdistill.export_sd import export_sd_student, one_step_kwargs  # noqa: E402
-from fdistill.generator import OneStepGenerator  # noqa: E402
+from fdistill.export.stable_diffusion import export_sd_student, one_step_kwargs  # noqa: E402
+from fdistill.nets.generator import OneStepGenerator  # noqa: E402
 from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher  # noqa: E402
 
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]

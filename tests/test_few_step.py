@@ -14,12 +14,12 @@ from test_image_distill import image_config, save_tiny_fmnist_teacher
 from test_trainer import tiny
 
 from fdistill import methods
-from fdistill.cli import main
+from fdistill.apps.sample import handover_level, hybrid_sample
 from fdistill.config import ConfigError
-from fdistill.generator import OneStepGenerator, default_student_sigmas, run_chain
+from fdistill.cli import main
+from fdistill.export.pipeline import OneStepPipeline, export_student
+from fdistill.nets.generator import OneStepGenerator, default_student_sigmas, run_chain
 from fdistill.nets.unet import EDMUNet
-from fdistill.pipeline import OneStepPipeline, export_student
-from fdistill.sample import handover_level, hybrid_sample
 from fdistill.teachers.diffusers import UNetTeacher
 from fdistill.train.checkpoint import list_checkpoints
 from fdistill.train.distill import Distiller, distill
@@ -205,7 +205,7 @@ def test_old_folder_without_schedule_loads_as_one_step(tmp_path):
 
 
 def test_k_step_sd_export_is_a_clear_error():
-    from fdistill.export_sd import export_sd_student
+    from fdistill.export.stable_diffusion import export_sd_student
 
     with pytest.raises(ValueError, match="K-step SD export not supported yet"):
         export_sd_student(SimpleNamespace(sigmas=(14.6, 1.0)), None, "unused")

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from fdistill.noise import append_dims
+from fdistill.core.noise import append_dims
 from fdistill.teachers.base import Teacher
 from fdistill.teachers.gmm import GaussianMixtureTeacher
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from fdistill import methods
 from fdistill.config import load_config
+from fdistill.export.pipeline import OneStepPipeline
 from fdistill.metrics.proxy import FMNISTClassifier
 from fdistill.nets.unet import EDMUNet
-from fdistill.pipeline import OneStepPipeline
 from fdistill.rewards import ClassifierReward, build_reward
 from fdistill.train.checkpoint import list_checkpoints
 from fdistill.train.distill import Distiller, distill

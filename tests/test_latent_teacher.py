@@ -293,7 +293,7 @@ def test_minilm_text_encoder_in_a_teacher_folder(tmp_path):
 
     from diffusers import DiffusionPipeline
 
-    from fdistill.text_encoders import MiniLMTextEncoder
+    from fdistill.nets.text_encoders import MiniLMTextEncoder
 
     enc = MiniLMTextEncoder(max_length=16)
     hidden, mask = enc(["a cat", "a red fire engine"])

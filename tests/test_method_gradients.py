@@ -215,7 +215,7 @@ CLOSED_FORMS = {  # D_f(p_sigma || q_sigma) = E_q f(p/q) for the registered f
     "alpha": lambda mp, m, s, d: (i_alpha(mp, m, s, d, ALPHA) - 1) / (ALPHA * (ALPHA - 1)),
 }
 
-H = {  # h(r) = f''(r) r^2 from docs/math.md §3 (independent of fdistill.divergences)
+H = {  # h(r) = f''(r) r^2 from docs/math.md §3 (independent of fdistill.core.divergences)
     "rkl": lambda r: torch.ones_like(r),
     "kl": lambda r: r,
     "js": lambda r: r / (1 + r),

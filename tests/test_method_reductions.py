@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from fdistill.config import MethodConfig
+from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN
 from fdistill.methods import GeneratorInputs, build
 from fdistill.methods.base import Method
 from fdistill.methods.f_distill import PerNoiseLevelMean
-from fdistill.noise import SIGMA_MAX, SIGMA_MIN
 
 DT = torch.float64
 SHAPE = (3, 2, 2)
@@ -240,7 +240,7 @@ def test_gan_term(world, cfg):
 def test_uni_instruct_h_normalisation_is_a_batch_constant(world):
     """normalize_h divides h and h - r h' by the same stop-gradient batch mean of h (docstring): the
     per-sample loss and the gradient scale by exactly 1 / (mean h + 1e-6)."""
-    from fdistill import divergences
+    from fdistill.core import divergences
 
     base = dict(name="uni_instruct", divergence="js", ratio_min=1e-6, ratio_max=1e6, logit_clip=50.0)
     la, ga, _, b = world.run(MethodConfig(normalize_h=True, **base))
@@ -274,7 +274,7 @@ def test_fdistill_weighting_with_clipping_and_h_normalisation(world, name):
     """d/dx0 = h(r)/mean(h) (D_q - D_p)/mean|x0 - D_p|/numel with r = clip(exp(clamp(logit, +-c)), r_min,
     r_max) (FastGen's guards, §2.6). The logits span about +-6, so the clamp (c = 2) and the r clip
     ([0.5, 3]) both bind. float32 r inside the method: rtol 1e-6."""
-    from fdistill import divergences
+    from fdistill.core import divergences
 
     cfg = MethodConfig(name="fdistill", divergence=name, normalize=True, ratio_bins=0, normalize_h=True,
                        logit_clip=2.0, ratio_min=0.5, ratio_max=3.0)  # fmt: skip

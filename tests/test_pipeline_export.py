@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fdistill.cli import main
+from fdistill.export.pipeline import OneStepPipeline, export_student
 from fdistill.nets.unet import EDMUNet
-from fdistill.pipeline import OneStepPipeline, export_student
 
 
 def tiny_unet(num_classes: int = 3) -> EDMUNet:

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from fdistill.config import MethodConfig
+from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN, SigmaSampler
 from fdistill.methods import GeneratorInputs, build
 from fdistill.methods.f_distill import PerNoiseLevelMean
-from fdistill.noise import SIGMA_MAX, SIGMA_MIN, SigmaSampler
 
 DT = torch.float64
 MEANS = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=DT)

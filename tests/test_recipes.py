@@ -11,9 +11,9 @@ import torch
 
 from fdistill import methods
 from fdistill.config import ConfigError, load_config
+from fdistill.core.noise import SigmaSampler
 from fdistill.methods.recipes import RECIPES
 from fdistill.nets.unet import EDMUNet
-from fdistill.noise import SigmaSampler
 from fdistill.train.distill import Distiller, _step_generator
 
 TINY = [

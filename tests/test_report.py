@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fdistill.report import group_keys, main, make_report, read_metrics_jsonl, series
+from fdistill.apps.report import group_keys, main, make_report, read_metrics_jsonl, series
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fdistill.plots import image_grid, label_strip_width
+from fdistill.metrics.plots import image_grid, label_strip_width
 from fdistill.train.run_eval import _image_metrics, grid_labels
 
 

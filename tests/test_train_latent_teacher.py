@@ -107,7 +107,7 @@ def test_stripped_text_encoder_loads_and_restores(parts, tmp_path, monkeypatch):
     ``restore_packaged_text_encoder`` copies them back; a different text encoder is never stripped."""
     import shutil
 
-    import fdistill.text_encoders as te
+    import fdistill.nets.text_encoders as te
     from fdistill.config import TeacherConfig
     from fdistill.teachers.latent import load_latent_teacher
 

@@ -16,8 +16,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from fdistill.config import TeacherConfig
+from fdistill.core.noise import edm_preconditioning
 from fdistill.nets.unet import EDMUNet
-from fdistill.noise import edm_preconditioning
 from fdistill.teachers.diffusers import (
     UNetTeacher,
     VPUNetDenoiser,

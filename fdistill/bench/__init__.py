@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"gmm": "fdistill.bench.gmm", "image": "fdistill.bench.image", "image-fid": "fdistill.bench.image_fid"}
+BENCHES = {
+    "gmm": "fdistill.bench.gmm",
+    "image": "fdistill.bench.image",
+    "image-fid": "fdistill.bench.image_fid",
+    "inception-speed": "fdistill.bench.inception_speed",
+    "demo-load": "fdistill.bench.demo_load",
+    "demo-soak": "fdistill.bench.demo_soak",
+}
 
 
 def main(argv: list[str]) -> int:

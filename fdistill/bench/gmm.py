@@ -222,7 +222,7 @@ def _grid(out: Path, jobs: list[tuple]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fdistill.plots import scatter_panel
+    from fdistill.metrics.plots import scatter_panel
     from fdistill.teachers import build_teacher
 
     panels = []

@@ -73,7 +73,7 @@ def _peak_mb(device: torch.device) -> float:
 def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra: list[str]) -> dict:
     """One measurement in this process: ``kind`` = 'dsm', 'sample:NFE' or a method name."""
     from fdistill.config import load_config
-    from fdistill.noise import SigmaSampler, denoising_score_matching_loss
+    from fdistill.core.noise import SigmaSampler, denoising_score_matching_loss
     from fdistill.teachers.diffusers import UNetTeacher
 
     dev = torch.device(device)

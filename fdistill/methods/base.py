@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fdistill.noise import SigmaSampler, append_dims
+from fdistill.core.noise import SigmaSampler, append_dims
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 LogitFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]

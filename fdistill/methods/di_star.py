@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from fdistill.core.noise import SigmaSampler
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register
 from fdistill.methods.sid import kept_mean
 from fdistill.methods.sim import score_divergence_loss
-from fdistill.noise import SigmaSampler
 
 
 @register

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from fdistill.core.noise import SigmaSampler
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
-from fdistill.noise import SigmaSampler
 
 
 @register

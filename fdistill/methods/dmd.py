@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from fdistill.core.noise import SigmaSampler
 from fdistill.methods.base import (
     GeneratorInputs,
     Method,
@@ -21,7 +22,6 @@ from fdistill.methods.base import (
     pseudo_target_loss,
     register,
 )
-from fdistill.noise import SigmaSampler
 
 
 def dmd_direction(b: GeneratorInputs, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fdistill import divergences
+from fdistill.core import divergences
+from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN, SigmaSampler, append_dims
 from fdistill.methods.base import (
     GeneratorInputs,
     Method,
@@ -33,7 +34,6 @@ from fdistill.methods.base import (
     register,
 )
 from fdistill.methods.dmd import dmd_direction
-from fdistill.noise import SIGMA_MAX, SIGMA_MIN, SigmaSampler, append_dims
 
 
 class PerNoiseLevelMean(nn.Module):

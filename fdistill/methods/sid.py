@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdistill.core.noise import SigmaSampler, append_dims
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_normalizer, register, sum_chw
-from fdistill.noise import SigmaSampler, append_dims
 
 
 class Frozen(NamedTuple):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fdistill.core.noise import SigmaSampler, append_dims
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
 from fdistill.methods.sid import frozen_denoisers, kept_mean, sid_weight
-from fdistill.noise import SigmaSampler, append_dims
 
 
 def distance_gradient(u: Tensor, distance: str, c: float) -> Tensor:

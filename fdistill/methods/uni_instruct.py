@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fdistill import divergences
+from fdistill.core import divergences
+from fdistill.core.noise import SigmaSampler
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, gan_generator_loss, register, sum_chw
 from fdistill.methods.sid import frozen_denoisers, sid_weight
-from fdistill.noise import SigmaSampler
 
 
 @register

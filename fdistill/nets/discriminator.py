@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fdistill.core.noise import edm_preconditioning
 from fdistill.nets.mlp import FourierEmbedding
-from fdistill.noise import edm_preconditioning
 
 
 def _conv_trunk(channels: int, size: int, width: int) -> nn.Sequential:

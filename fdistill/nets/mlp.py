@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fdistill.noise import append_dims, edm_preconditioning
+from fdistill.core.noise import append_dims, edm_preconditioning
 
 
 class FourierEmbedding(nn.Module):

@@ -1,7 +1,7 @@
 """EDM-preconditioned UNet: a diffusers ``UNet2DModel`` F seen as the denoiser of Karras et al. (2022).
 
 ``D(x, sigma, label) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma), label)`` with the
-coefficients of EDM Table 1 (:func:`fdistill.noise.edm_preconditioning`) and ``c_noise = ln(sigma) / 4`` fed
+coefficients of EDM Table 1 (:func:`fdistill.core.noise.edm_preconditioning`) and ``c_noise = ln(sigma) / 4`` fed
 to F as its (continuous) timestep, exactly like EDM's ``EDMPrecond`` around DDPM++. Class conditioning
 uses F's ``num_class_embeds`` table with one extra row: label ``num_classes`` is the null label used for
 classifier-free-guidance dropout and for the unconditional branch (``class_labels=None``).
@@ -21,7 +21,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor
 
-from fdistill.noise import SIGMA_DATA, append_dims, edm_preconditioning
+from fdistill.core.noise import SIGMA_DATA, append_dims, edm_preconditioning
 
 __all__ = ["EDMUNet", "unet2d_encoder_features"]
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from fdistill.noise import SIGMA_MAX, SIGMA_MIN, append_dims
+from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN, append_dims
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
@@ -89,7 +89,7 @@ class Teacher(nn.Module):
         device: torch.device | str = "cpu",
     ) -> Tensor:
         """Teacher samples with the EDM Heun sampler (Karras et al. 2022, Alg. 1) at ``nfe`` evaluations."""
-        from fdistill.sampling import edm_heun_sampler
+        from fdistill.core.sampling import edm_heun_sampler
 
         return edm_heun_sampler(
             lambda x, s: self.denoise(x, s, cond, guidance),

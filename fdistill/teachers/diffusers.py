@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fdistill.core.noise import append_dims
 from fdistill.nets.unet import EDMUNet, unet2d_encoder_features
-from fdistill.noise import append_dims
 from fdistill.teachers.base import Teacher
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")

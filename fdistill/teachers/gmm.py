@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fdistill.core.noise import append_dims
 from fdistill.nets.mlp import MLPDenoiser
-from fdistill.noise import append_dims
 from fdistill.teachers.base import Teacher
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fdistill.noise import append_dims
+from fdistill.core.noise import append_dims
 from fdistill.teachers.base import Teacher
 
 __all__ = [
@@ -578,7 +578,7 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
         enc_cls = _transformers_class(root, sub, "text_encoder", "AutoModel")
         te_dir = Path(root) / _join(sub, "text_encoder")
         if te_dir.is_dir():  # local: also folders shipped without the packaged MiniLM weights (text_encoders.py)
-            from fdistill.text_encoders import load_text_encoder
+            from fdistill.nets.text_encoders import load_text_encoder
 
             text_encoder = load_text_encoder(te_dir, enc_cls, variant=variant).to(dtype)
         else:

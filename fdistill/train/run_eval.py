@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from fdistill.plots import image_grid, save_scatter
+from fdistill.metrics.plots import image_grid, save_scatter
 
 
 def evaluate_run(distiller, final: bool) -> dict:
     cfg, teacher = distiller.cfg, distiller.teacher
     if cfg.teacher.kind == "latent":
-        from fdistill.export_sd import evaluate_latent_run
+        from fdistill.export.stable_diffusion import evaluate_latent_run
 
         return evaluate_latent_run(distiller, final)
     n = cfg.train.num_eval_samples
@@ -75,7 +75,7 @@ def grid_labels(teacher_nfe: int | None, student_steps: int) -> list[str]:
 def export_image_student(distiller, result: dict) -> None:
     """Write the EMA generator as a one-step (or K-step: ``student_sigmas`` in the pipeline config) diffusers
     pipeline in ``RUN_DIR/student``."""
-    from fdistill.pipeline import export_student
+    from fdistill.export.pipeline import export_student
 
     cfg = distiller.cfg
     sigmas = list(distiller.ema.model.sigmas)

@@ -5,7 +5,7 @@ One documented loop (NVlabs/edm ``training_loop.py`` in spirit, on accelerate):
 
 - ``sigma ~ LogNormal(P_mean=-1.2, P_std=1.2)``, loss ``lambda(sigma) * mean_chw (D(x + sigma eps) - x)^2`` with
   ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` (EDM Eq. 8 / Table 1;
-  :func:`fdistill.noise.denoising_score_matching_loss`, ALGORITHMS.md §1.3);
+  :func:`fdistill.core.noise.denoising_score_matching_loss`, ALGORITHMS.md §1.3);
 - class labels replaced by the null label with probability ``label_dropout`` (classifier-free guidance,
   Ho & Salimans 2022), so the teacher has both branches of ``D_c + (w - 1)(D_c - D_u)``;
 - EMA of the weights with EDM's half-life in images and ramp-up (``beta = 0.5 ** (B / min(h, r * nimg))``);
@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from fdistill.config import ConfigError, merge_layers, to_dataclass
-from fdistill.noise import SigmaSampler, denoising_score_matching_loss
+from fdistill.core.noise import SigmaSampler, denoising_score_matching_loss
 from fdistill.train.signals import GracefulStop as _GracefulStop
 from fdistill.train.signals import stopped_message
 
@@ -286,7 +286,7 @@ def sample_grid(
     device: str | torch.device = "cpu",
 ) -> Tensor:
     """EDM Heun samples of an EDMUNet: one column per class (or ``n_rows * 10`` unconditional samples)."""
-    from fdistill.sampling import edm_heun_sampler
+    from fdistill.core.sampling import edm_heun_sampler
 
     k = net.num_classes or 10
     n = n_rows * k
@@ -582,7 +582,7 @@ def held_out_dsm_loss(
     seed: int = 0,
 ) -> dict[float, tuple[float, float]]:
     """Per sigma: (EDM-weighted DSM loss, plain x0 MSE) of ``net`` on held-out images with fixed noise."""
-    from fdistill.noise import edm_loss_weight
+    from fdistill.core.noise import edm_loss_weight
 
     out = {}
     gen = torch.Generator().manual_seed(seed)
@@ -621,7 +621,7 @@ def _proxy_table(net: torch.nn.Module, n: int, nfes: Sequence[int], seed: int) -
         from fdistill.metrics.proxy import ProxyFID
     except ImportError as e:  # the metrics package is optional here
         return f"(proxy FID unavailable: {e})"
-    from fdistill.sampling import edm_heun_sampler
+    from fdistill.core.sampling import edm_heun_sampler
 
     scorer = ProxyFID("fashion_mnist:test")
     from fdistill.data.fashion_mnist import load_fashion_mnist

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fdistill.cli import ArgumentError, OneLineArgumentParser
+from fdistill.config.args import ArgumentError, OneLineArgumentParser
 
 __all__ = ["build_vae", "fit_vae", "latent_stats", "main", "reconstruction_metrics", "save_vae", "train_vae"]
 

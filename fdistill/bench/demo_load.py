@@ -1,8 +1,8 @@
 """Load test of the Gradio demo: requests/s and p50/p95 latency for 1, 4 and 16 concurrent clients.
 
-    python bench/demo_load.py                                   # shipped student if present, else a random one
-    python bench/demo_load.py --checkpoint runs/x/student --requests 64 --clients 1,4,16,32
-    python bench/demo_load.py --arch tiny --server-concurrency 1
+    fdistill bench demo-load                                   # shipped student if present, else a random one
+    fdistill bench demo-load --checkpoint runs/x/student --requests 64 --clients 1,4,16,32
+    fdistill bench demo-load --arch tiny --server-concurrency 1
 
 The server is ``fdistill demo`` in a child process bound to 127.0.0.1 (so the clients' Python threads do not
 share its GIL); each concurrent client is a ``gradio_client.Client`` in its own thread calling
@@ -33,7 +33,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARCHS = {
     "fmnist": {"sample_size": 32, "block_out_channels": (32, 64, 128), "attention_levels": (2,), "norm_num_groups": 32,
                "attention_head_dim": 32, "num_classes": 10},
@@ -46,8 +46,8 @@ def random_student(arch: str, folder: Path) -> Path:
     import torch
 
     from fdistill.data.fashion_mnist import CLASS_NAMES
+    from fdistill.export.pipeline import export_student
     from fdistill.nets.unet import EDMUNet
-    from fdistill.pipeline import export_student
 
     torch.manual_seed(0)
     return export_student(EDMUNet(**ARCHS[arch]), 2.5, folder / f"student_{arch}", class_names=CLASS_NAMES)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fdistill.evaluate import SampleSource, SourceOptions, register_source
-from fdistill.plots import to_uint8
+from fdistill.eval.images import SampleSource, SourceOptions, register_source
+from fdistill.metrics.plots import to_uint8
 
 
 def _student_dir(spec: str) -> Path | None:
@@ -55,7 +55,7 @@ def _teacher_source(teacher_path: str, num_classes: int, options: SourceOptions)
 
 
 def load_student(spec: str, options: SourceOptions) -> SampleSource:
-    from fdistill.pipeline import OneStepPipeline
+    from fdistill.export.pipeline import OneStepPipeline
 
     folder = _student_dir(spec)
     pipe = OneStepPipeline.from_pretrained(folder).to(options.device)

@@ -8,11 +8,11 @@ One factory, :func:`create_demo`, builds the page; ``fdistill demo`` (:func:`mai
     fdistill demo --checkpoint checkpoints/emoji_student --teacher checkpoints/emoji_teacher   # text-to-image
     FDISTILL_STUDENT=runs/x/student python app/app.py
 
-    from fdistill.demo import create_demo, launch_demo
+    from fdistill.apps.demo import create_demo, launch_demo
     demo = create_demo(student_path="runs/x/student", device="cpu")
     launch_demo(demo, port=7861, prevent_thread_lock=True)
 
-What a request does. The student (a :class:`fdistill.pipeline.OneStepPipeline` folder, NFE 1) generates all
+What a request does. The student (a :class:`fdistill.export.pipeline.OneStepPipeline` folder, NFE 1) generates all
 N images in one batched network call; when asked, the teacher (an :class:`fdistill.nets.unet.EDMUNet` folder)
 samples the SAME seed and labels with the EDM Heun sampler at the chosen NFE and CFG scale. Both start from
 the same noise ``z`` (one CPU ``torch.Generator`` per request, the first draw of the seed): the student maps
@@ -20,7 +20,7 @@ the same noise ``z`` (one CPU ``torch.Generator`` per request, the first draw of
 like-for-like comparison. Each side's latency is the wall time of its network work only (CUDA synchronised,
 PIL conversion excluded); the speed-up is their ratio, measured under whatever load the server has.
 
-Text-to-image students. A student exported by :mod:`fdistill.export_sd` is a stock diffusers
+Text-to-image students. A student exported by :mod:`fdistill.export.stable_diffusion` is a stock diffusers
 ``StableDiffusionPipeline`` folder (``LCMScheduler``, ``fdistill_export.json`` recording ``t_init``). It is served
 with the exact call that file records, ``pipe(prompt, num_inference_steps=1, timesteps=[t_init],
 guidance_scale=0.0, latents=z)``, any prompt text being encoded by the folder's own text encoder; the page shows a
@@ -88,12 +88,12 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from torch import nn
 
+    from fdistill.export.pipeline import OneStepPipeline
     from fdistill.nets.unet import EDMUNet
-    from fdistill.pipeline import OneStepPipeline
 
 __all__ = ["DemoEngine", "DemoSetupError", "GenerationResult", "create_demo", "launch_demo", "main"]
 
-log = logging.getLogger("fdistill.demo")
+log = logging.getLogger("fdistill.apps.demo")
 
 STUDENT_ENV = "FDISTILL_STUDENT"
 TEACHER_ENV = "FDISTILL_TEACHER"
@@ -171,14 +171,16 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline | StableDiffusionPipeline:
     """Load an exported student folder as the pipeline class its ``model_index.json`` names.
 
-    ``StableDiffusionPipeline`` (a text-to-image student exported by :mod:`fdistill.export_sd`) loads with the
+    ``StableDiffusionPipeline`` (a text-to-image student exported by :mod:`fdistill.export.stable_diffusion`) loads
+    with the
     stock diffusers class, after checking that its ``fdistill_export.json`` records the one-step call
-    (:func:`sd_one_step_call`). Any other class is looked up in :mod:`fdistill.pipeline` (``OneStepPipeline``), and
+    (:func:`sd_one_step_call`). Any other class is looked up in :mod:`fdistill.export.pipeline` (``OneStepPipeline``),
+    and
     the ``fdistill.*`` modules its components name are imported first: diffusers only instantiates components from
     modules that are already imported."""
     import importlib
 
-    import fdistill.pipeline as pipelines
+    import fdistill.export.pipeline as pipelines
 
     if not path.is_dir():
         raise DemoSetupError(f"no student checkpoint at {path} (an exported OneStepPipeline folder); {HOW_TO_GET}")
@@ -193,7 +195,7 @@ def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline
             return load_sd_pipeline(path, device)
         cls = getattr(pipelines, name, None)
         if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-            raise ValueError(f"pipeline class {name!r} is neither {SD_PIPELINE} nor one of fdistill.pipeline's")
+            raise ValueError(f"pipeline class {name!r} is neither {SD_PIPELINE} nor one of fdistill.export.pipeline's")
         for spec in index.values():
             if isinstance(spec, list) and spec and isinstance(spec[0], str) and spec[0].startswith("fdistill."):
                 importlib.import_module(spec[0])
@@ -235,7 +237,7 @@ def is_sd_folder(path: Path) -> bool:
 def sd_one_step_call(path: Path) -> dict[str, Any]:
     """The call that makes an exported ``StableDiffusionPipeline`` student its one-step generator, as its
     ``fdistill_export.json`` records it: ``num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0``."""
-    from fdistill.export_sd import EXPORT_FILE, one_step_kwargs
+    from fdistill.export.stable_diffusion import EXPORT_FILE, one_step_kwargs
 
     try:
         call = one_step_kwargs(path)
@@ -245,16 +247,17 @@ def sd_one_step_call(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DemoSetupError(
             f"{path} is a {SD_PIPELINE} folder without a valid {EXPORT_FILE} recording the student's one-step "
-            f"timestep t_init ({_one_line(e)}); export the student with fdistill.export_sd.export_sd_student"
+            f"timestep t_init ({_one_line(e)}); export the student with "
+            "fdistill.export.stable_diffusion.export_sd_student"
         ) from e
     return call
 
 
 def _packaged_text_encoder(path: Path) -> nn.Module | None:
     """The text encoder of a folder whose ``text_encoder/`` weights were left out because they are the installed
-    all-MiniLM-L6-v2 package's (:func:`fdistill.text_encoders.strip_packaged_text_encoder`), else ``None``."""
+    all-MiniLM-L6-v2 package's (:func:`fdistill.nets.text_encoders.strip_packaged_text_encoder`), else ``None``."""
+    from fdistill.nets.text_encoders import PACKAGED_MARKER, WEIGHTS_FILE, load_text_encoder
     from fdistill.teachers.latent import _transformers_class
-    from fdistill.text_encoders import PACKAGED_MARKER, WEIGHTS_FILE, load_text_encoder
 
     folder = path / "text_encoder"
     if not (folder / PACKAGED_MARKER).is_file() or (folder / WEIGHTS_FILE).is_file():
@@ -290,7 +293,7 @@ class _DropMessage(logging.Filter):
 
 def _quiet_expected_lcm_warning() -> None:
     """Silence ``LCMScheduler``'s per-call warning that the first custom timestep is not T-1: an exported student's
-    single step at ``t_init`` is exactly what :mod:`fdistill.export_sd` intends."""
+    single step at ``t_init`` is exactly what :mod:`fdistill.export.stable_diffusion` intends."""
     lcm_log = logging.getLogger("diffusers.schedulers.scheduling_lcm")
     if not any(isinstance(f, _DropMessage) for f in lcm_log.filters):
         lcm_log.addFilter(_DropMessage("on the custom timestep schedule is"))
@@ -364,7 +367,7 @@ def recorded_teacher(student_path: Path, card: dict[str, Any]) -> Path | None:
     """The teacher folder an exported SD student records: ``teacher`` in its ``fdistill_export.json``, else in its
     ``card.json`` (``latent:PATH``, as the trainer writes it). A relative path is tried from the working directory,
     then from the repository root; the first recorded path is returned even when it is not here (``None``: none)."""
-    from fdistill.export_sd import EXPORT_FILE
+    from fdistill.export.stable_diffusion import EXPORT_FILE
 
     try:
         export = json.loads((student_path / EXPORT_FILE).read_text())
@@ -439,7 +442,8 @@ class DemoEngine:
 
     Args:
         student_path: exported student folder (a ``OneStepPipeline`` folder, or a text-to-image
-            ``StableDiffusionPipeline`` folder from :mod:`fdistill.export_sd`); ``None``: ``$FDISTILL_STUDENT`` or
+            ``StableDiffusionPipeline`` folder from :mod:`fdistill.export.stable_diffusion`); ``None``:
+            ``$FDISTILL_STUDENT`` or
             ``checkpoints/fmnist_student``.
         teacher_path: the teacher: an EDMUNet folder, or for a text-to-image student its SD-style teacher folder;
             ``None``: ``$FDISTILL_TEACHER``, else ``checkpoints/fmnist_teacher`` (the teacher the text-to-image
@@ -461,7 +465,7 @@ class DemoEngine:
         self.student_path, _ = resolve_checkpoint(student_path, STUDENT_ENV, DEFAULT_STUDENT)
         self.pipe = load_student_checkpoint(self.student_path, self.device)
         self.card = _read_card(self.student_path)
-        #: a stock StableDiffusionPipeline student (text-to-image, exported by fdistill.export_sd)
+        #: a stock StableDiffusionPipeline student (text-to-image, exported by fdistill.export.stable_diffusion)
         self.sd = type(self.pipe).__name__ == SD_PIPELINE
         self.student_call: dict[str, Any] = {}
         if self.sd:
@@ -656,7 +660,7 @@ class DemoEngine:
                 ).images
             return images.float() * 2 - 1
 
-        from fdistill.sampling import edm_heun_sampler
+        from fdistill.core.sampling import edm_heun_sampler
 
         net, dev = self.teacher, self.device
         cond = None if labels is None else torch.tensor(labels, device=dev)
@@ -1140,7 +1144,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="exported student: a OneStepPipeline folder, or a text-to-image StableDiffusionPipeline folder "
-        f"from fdistill.export_sd (default: ${STUDENT_ENV}, else {DEFAULT_STUDENT} in the working directory or "
+        f"from fdistill.export.stable_diffusion (default: ${STUDENT_ENV}, else {DEFAULT_STUDENT} in the working "
+        "directory or "
         "the repository)",
     )
     p.add_argument(

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from fdistill.noise import karras_sigma
+from fdistill.core.noise import karras_sigma
 
 
 def default_student_sigmas(sigma_init: float, steps: int, sigma_data: float = 0.5, sigma_min: float = 0.002) -> list:

@@ -13,24 +13,13 @@ import logging
 import os
 import sys
 
-
-class ArgumentError(Exception):
-    """A bad command line; the command's ``main`` prints it in one line and returns 2."""
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors raise :class:`ArgumentError` instead of printing the usage block and
-    exiting, so ``main`` reports bad input in one line and returns 2 (``--help`` still exits 0)."""
-
-    def error(self, message: str) -> None:
-        raise ArgumentError(message)
-
+from fdistill.config.args import ArgumentError, OneLineArgumentParser, one_line
 
 DISTILL_EPILOG = """\
 overrides are dotted key=value pairs applied on top of CONFIG, e.g.
   fdistill distill configs/gmm8.yaml method.name=fdistill method.divergence=js train.steps=2000
 
-sections and their main keys (see fdistill/config.py for every key and its default):
+sections and their main keys (see fdistill/config/ for every key and its default):
   teacher.*  kind (gmm|unet|latent), means, stds, weights, conditional, path, subfolder, dtype, sample_nfe,
              prompts_file, lora_rank, gradient_checkpointing
   method.*   name (di|dmd|sid|sim|fdistill|uni_instruct|di_star), divergence (rkl|kl|js|sh|jf|sf|neyman|
@@ -48,12 +37,6 @@ sections and their main keys (see fdistill/config.py for every key and its defau
 the run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,
 samples.png and metrics.json; `--resume latest` continues a killed run exactly where it stopped.
 """
-
-
-def one_line(message: object) -> str:
-    """``message`` as one printable line: line breaks and other control characters (from user input quoted in an
-    error) are shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message).strip())
 
 
 def _distill(argv: list[str]) -> int:
@@ -114,12 +97,12 @@ COMMANDS = {
         _delegate("fdistill.train.caption_match"),
         "train a small CLIP-like caption-match reward model",
     ),
-    "eval": (_delegate("fdistill.evaluate"), "FID/KID/precision/recall of a student, folder or .npz"),
-    "eval-t2i": (_delegate("fdistill.eval_t2i"), "text-to-image metrics: caption match, R-precision, FD, diversity"),
-    "report": (_delegate("fdistill.report"), "Markdown report with curves and sample grids of a run"),
-    "sample": (_delegate("fdistill.sample"), "write samples of a student or teacher"),
-    "dt-vis": (_delegate("fdistill.dt_vis"), "grid of each step's x0 prediction: teacher, student, hybrid"),
-    "demo": (_delegate("fdistill.demo"), "serve the Gradio demo of a one-step student"),
+    "eval": (_delegate("fdistill.eval.images"), "FID/KID/precision/recall of a student, folder or .npz"),
+    "eval-t2i": (_delegate("fdistill.eval.t2i"), "text-to-image metrics: caption match, R-precision, FD, diversity"),
+    "report": (_delegate("fdistill.apps.report"), "Markdown report with curves and sample grids of a run"),
+    "sample": (_delegate("fdistill.apps.sample"), "write samples of a student or teacher"),
+    "dt-vis": (_delegate("fdistill.apps.dt_vis"), "grid of each step's x0 prediction: teacher, student, hybrid"),
+    "demo": (_delegate("fdistill.apps.demo"), "serve the Gradio demo of a one-step student"),
     "bench": (_delegate("fdistill.bench"), "benchmarks: gmm (mixtures), image (speed, cost), image-fid (FID table)"),
 }
 

@@ -6,7 +6,8 @@ steps, one cell per step, left to right:
 - **teacher**: the EDM Heun sampler from ``sigma_max z`` at ``--nfe`` (one cell per Heun step: its first
   evaluation; the last cell, at sigma_min, is the sample);
 - **student**: its K steps from ``sigma_1 z`` (a one-step student: one cell);
-- **hybrid** (``--hybrid-steps N``, :func:`fdistill.sample.hybrid_sample`): the teacher's first N cells, then the x0
+- **hybrid** (``--hybrid-steps N``, :func:`fdistill.apps.sample.hybrid_sample`): the teacher's first N cells, then the
+x0
   prediction it hands over at the sigma it reached (equal to the teacher row's next cell), then the student's cells
   from its hand-over level on.
 
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from fdistill.plots import to_uint8
+from fdistill.metrics.plots import to_uint8
 
 
 @dataclass
@@ -52,9 +53,9 @@ def dt_trajectories(
     guidance: float = 1.0,
 ) -> list[DTRow]:
     """The rows of the grid (sample-major: teacher, student, hybrid), each run with the same seed, so the same
-    labels and ``z`` (see :func:`fdistill.sample.hybrid_sample` for the order of draws)."""
-    from fdistill.sample import _load, hybrid_sample
-    from fdistill.sampling import heun_steps_for_nfe
+    labels and ``z`` (see :func:`fdistill.apps.sample.hybrid_sample` for the order of draws)."""
+    from fdistill.apps.sample import _load, hybrid_sample
+    from fdistill.core.sampling import heun_steps_for_nfe
 
     student, teacher = _load(student, teacher)
     runs = [("teacher", heun_steps_for_nfe(nfe))]
@@ -105,8 +106,8 @@ def _check_student(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from fdistill.cli import ArgumentError, OneLineArgumentParser
-    from fdistill.sample import HYBRID_HELP, _labels
+    from fdistill.apps.sample import HYBRID_HELP, _labels
+    from fdistill.config.args import ArgumentError, OneLineArgumentParser
 
     p = OneLineArgumentParser(prog="fdistill dt-vis", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -127,7 +128,7 @@ def main(argv: list[str]) -> int:
             raise ArgumentError(f"--num ({args.num}) and --zoom ({args.zoom}) must be >= 1")
         if args.student is not None:
             _check_student(Path(args.student))
-        from fdistill.sample import _load
+        from fdistill.apps.sample import _load
 
         student, teacher = _load(args.student, args.teacher)
         names = list(student.config.class_names) if student is not None else []

@@ -7,7 +7,7 @@ loaded by transformers from site-packages, no network; shared/RESOURCES.md). It 
 states ``(B, L, 384)`` and the attention mask that a UNet2DConditionModel with ``cross_attention_dim=384``
 cross-attends to, and the mean-pooled, unit-norm sentence embedding of sentence-transformers.
 
-To stay loadable by the stock ``StableDiffusionPipeline`` (and so by :mod:`fdistill.export_sd`), a teacher
+To stay loadable by the stock ``StableDiffusionPipeline`` (and so by :mod:`fdistill.export.stable_diffusion`), a teacher
 trained on these embeddings should consume them the way that pipeline produces them: prompts padded to
 ``max_length``, the mask given to the *text encoder* (``config.use_attention_mask = True``, which diffusers
 honours) but not to the UNet (the pipeline passes no ``encoder_attention_mask``). :meth:`save_pretrained` writes

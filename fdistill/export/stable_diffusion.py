@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fdistill.pipeline import model_card
+from fdistill.export.pipeline import model_card
 
 __all__ = ["evaluate_latent_run", "export_sd_student", "one_step_kwargs", "student_timestep"]
 
@@ -80,7 +80,7 @@ def _frozen_component(teacher, name: str, dtype: torch.dtype) -> nn.Module:
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(path, subfolder=folder, torch_dtype=dtype, variant=variant)
-    from fdistill.text_encoders import load_text_encoder
+    from fdistill.nets.text_encoders import load_text_encoder
 
     local = Path(path).expanduser() / folder
     if local.is_dir():
@@ -118,7 +118,7 @@ def export_sd_student(
     dtype: torch.dtype = torch.float32,
     input_scaling: str | None = None,
 ) -> Path:
-    """Write ``student`` (a :class:`fdistill.generator.OneStepGenerator` or its latent denoiser network) with the
+    """Write ``student`` (a :class:`fdistill.nets.generator.OneStepGenerator` or its latent denoiser network) with the
     teacher's VAE, text encoder, tokenizer and an ``LCMScheduler`` as a ``StableDiffusionPipeline`` folder.
 
     ``sigma_init`` / ``input_scaling`` default to the generator's. Only ``vp`` input scaling (the UNet sees ``z``)
@@ -193,7 +193,7 @@ def evaluate_latent_run(distiller, final: bool) -> dict:
     preference reward of the student samples when the run has one, and the exported pipeline when ``final``."""
     import time
 
-    from fdistill.plots import image_grid
+    from fdistill.metrics.plots import image_grid
     from fdistill.rewards import CLIPReward
     from fdistill.train.run_eval import grid_labels
 

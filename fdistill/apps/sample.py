@@ -1,6 +1,6 @@
 """``fdistill sample``: write an image grid from a student (one-step or K-step), a teacher, or both (hybrid).
 
-A student folder (``model_index.json`` of :class:`fdistill.pipeline.OneStepPipeline`) is sampled with its own
+A student folder (``model_index.json`` of :class:`fdistill.export.pipeline.OneStepPipeline`) is sampled with its own
 K steps (NFE K; ``--student-steps n`` uses its first n levels); a teacher folder (an ``EDMUNet`` ``config.json``)
 with the EDM Heun sampler at ``--nfe`` evaluations. Same ``--seed``, same images.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fdistill.plots import image_grid
+from fdistill.metrics.plots import image_grid
 
 #: ``callback(who, index, sigma, x0)``: ``who`` is "teacher" (its i-th Heun step), "handover" (the teacher's x0
 #: prediction handed to the student, index N) or "student" (level index j..K-1 of the student's schedule)
@@ -74,7 +74,7 @@ def handover_level(student_sigmas: Sequence[float], sigma: float) -> int:
 
 
 def _load(student_pipe, teacher):
-    from fdistill.pipeline import OneStepPipeline
+    from fdistill.export.pipeline import OneStepPipeline
 
     if isinstance(student_pipe, str | Path):
         student_pipe = OneStepPipeline.from_pretrained(student_pipe)
@@ -118,7 +118,7 @@ def hybrid_sample(
     """Teacher for the first ``hybrid_steps`` Heun steps, then the student (module docstring: the hand-over).
 
     Args:
-        student_pipe: a :class:`fdistill.pipeline.OneStepPipeline` (or its folder); may be None when
+        student_pipe: a :class:`fdistill.export.pipeline.OneStepPipeline` (or its folder); may be None when
             ``hybrid_steps`` is the teacher's full schedule.
         teacher: a pixel :class:`fdistill.teachers.base.Teacher` (or its folder).
         nfe: the teacher's sampler budget, which fixes its schedule (default: the teacher's ``sample_nfe``).
@@ -131,7 +131,7 @@ def hybrid_sample(
         clamp: clamp the result to [-1, 1] (the pipeline's images); False returns the raw last x0 / sample.
         callback: ``callback(who, index, sigma, x0)`` for every x0 prediction (DT-visualisation).
     """
-    from fdistill.sampling import edm_heun_sampler, edm_sigmas, heun_steps_for_nfe
+    from fdistill.core.sampling import edm_heun_sampler, edm_sigmas, heun_steps_for_nfe
 
     student_pipe, teacher = _load(student_pipe, teacher)
     nfe = int(nfe if nfe is not None else getattr(teacher, "sample_nfe", 35))
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> int:
 
 
 def _sample_student(src: Path, args) -> tuple[Tensor, str]:
-    from fdistill.pipeline import OneStepPipeline
+    from fdistill.export.pipeline import OneStepPipeline
 
     pipe = OneStepPipeline.from_pretrained(src)
     labels = _labels(args.classes, args.num, pipe.config.class_names)
@@ -273,8 +273,8 @@ def _sample_student(src: Path, args) -> tuple[Tensor, str]:
 
 
 def _sample_teacher(src: Path, args) -> tuple[Tensor, str]:
+    from fdistill.core.sampling import edm_heun_sampler
     from fdistill.nets.unet import EDMUNet
-    from fdistill.sampling import edm_heun_sampler
 
     net = EDMUNet.from_pretrained(src).eval()
     gen = torch.Generator().manual_seed(args.seed)

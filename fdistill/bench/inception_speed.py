@@ -1,6 +1,6 @@
 """FID Inception throughput (images/s) and the time a 10k-sample evaluation would take.
 
-    python bench/inception_speed.py [--batch-sizes 16,64] [--device cpu] [--repeats 2] [--torchscript]
+    fdistill bench inception-speed [--batch-sizes 16,64] [--device cpu] [--repeats 2] [--torchscript]
 
 Measures :class:`fdistill.metrics.inception.InceptionFeatureExtractor` end to end on 32x32 uint8 images
 (quantised input -> TF1 bilinear resize to 299 -> network -> 2048 features), after one warm-up batch, and,

@@ -33,7 +33,8 @@ Generators. The teacher (:class:`fdistill.teachers.latent.LatentTeacher`) sample
 ``D_u + w (D_c - D_u)`` (``w = 1`` is off) and :meth:`~fdistill.teachers.latent.LatentTeacher.decode`. Its ``NFE``
 column counts denoiser evaluations as the sampler performs them (``2 * steps - 1``: an even request runs one
 fewer, which is reported); ``UNet evals`` doubles that when ``w != 1`` (the conditional and unconditional branches
-run batched, one UNet call of 2B samples per denoiser evaluation). A student folder (:mod:`fdistill.export_sd`) is
+run batched, one UNet call of 2B samples per denoiser evaluation). A student folder
+(:mod:`fdistill.export.stable_diffusion`) is
 the stock ``StableDiffusionPipeline`` call its ``fdistill_export.json`` records, ``pipe(prompt_embeds=...,
 latents=z, output_type="pt", **one_step_kwargs(folder))`` (NFE 1, no CFG). Batch ``b`` of every generator starts
 from ``z = torch.randn(shape, generator=torch.Generator(device).manual_seed(seed + b))``: the teacher's Heun
@@ -71,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fdistill.cli import ArgumentError, OneLineArgumentParser
+from fdistill.config.args import ArgumentError, OneLineArgumentParser
 
 if TYPE_CHECKING:
     from fdistill.metrics.inception import InceptionFeatureExtractor
@@ -93,7 +94,7 @@ __all__ = [
     "teacher_generators",
 ]
 
-log = logging.getLogger("fdistill.eval_t2i")
+log = logging.getLogger("fdistill.eval.t2i")
 
 DIVERSITY_SEED_OFFSET = 1_000_003  # diversity batches draw their noise from seeds far from the main batches'
 GRID_COLUMNS = 8
@@ -134,7 +135,7 @@ def select_prompts(prompts: Sequence[str], n: int) -> list[int]:
 
 def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> Tensor:
     """The noise a batch starts from: the first draw of ``torch.Generator(device).manual_seed(seed)`` — exactly what
-    :func:`fdistill.sampling.edm_heun_sampler` draws first with that generator."""
+    :func:`fdistill.core.sampling.edm_heun_sampler` draws first with that generator."""
     device = torch.device(device)
     return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
@@ -152,9 +153,9 @@ def _one_line(e: BaseException) -> str:
 def load_teacher(path: str | Path, prompts_file: str | Path | None = None, device: str | torch.device = "cpu"):
     """The SD-style teacher folder as a float32 :class:`~fdistill.teachers.latent.LatentTeacher` on ``device``, with
     the prompt table of ``prompts_file`` (default ``PATH/prompts.txt``). Loaded through the demo's
-    :func:`fdistill.demo.load_sd_pipeline`, so a folder whose MiniLM text-encoder weights were stripped (they come
+    :func:`fdistill.apps.demo.load_sd_pipeline`, so a folder whose MiniLM text-encoder weights were stripped (they come
     from the installed package) loads too."""
-    from fdistill.demo import SD_LAYOUT, is_sd_folder, load_sd_pipeline
+    from fdistill.apps.demo import SD_LAYOUT, is_sd_folder, load_sd_pipeline
     from fdistill.teachers.latent import LatentTeacher, read_prompts
 
     path = Path(path).expanduser()
@@ -187,8 +188,8 @@ def load_teacher(path: str | Path, prompts_file: str | Path | None = None, devic
 
 
 def heun_evaluations(nfe: int) -> int:
-    """Denoiser evaluations :func:`fdistill.sampling.edm_heun_sampler` performs for a requested ``nfe``."""
-    from fdistill.sampling import heun_steps_for_nfe
+    """Denoiser evaluations :func:`fdistill.core.sampling.edm_heun_sampler` performs for a requested ``nfe``."""
+    from fdistill.core.sampling import heun_steps_for_nfe
 
     return 2 * heun_steps_for_nfe(nfe) - 1
 
@@ -242,10 +243,11 @@ def load_student_generator(
     name: str | None = None,
     latent_shape: tuple[int, ...] | None = None,
 ) -> T2IGenerator:
-    """An exported one-step student folder (:func:`fdistill.export_sd.export_sd_student`) as a generator: the stock
+    """An exported one-step student folder (:func:`fdistill.export.stable_diffusion.export_sd_student`) as a
+    generator: the stock
     pipeline call its ``fdistill_export.json`` records, on the batch's noise ``z``. ``latent_shape`` (the teacher's)
     is checked against the student UNet's."""
-    from fdistill.demo import DemoSetupError, is_sd_folder, load_sd_pipeline, sd_one_step_call
+    from fdistill.apps.demo import DemoSetupError, is_sd_folder, load_sd_pipeline, sd_one_step_call
 
     device = torch.device(device)
     path = Path(path).expanduser()
@@ -483,7 +485,7 @@ def evaluate_t2i(
     if inception is not None:
         result["inception_protocol"] = inception.protocol
     if grid is not None and rows:
-        from fdistill.plots import image_grid
+        from fdistill.metrics.plots import image_grid
 
         grid = Path(grid)
         grid.parent.mkdir(parents=True, exist_ok=True)
@@ -519,7 +521,7 @@ def load_real_images(spec: str, image_size: int, limit: int | None = None) -> Te
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise EvalT2ISetupError(f"--real emoji: {_one_line(e)}") from e
         return images[:limit]
-    from fdistill.evaluate import load_image_folder, load_npz_images
+    from fdistill.eval.images import load_image_folder, load_npz_images
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -702,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    from fdistill.demo import DemoSetupError, pick_device
+    from fdistill.apps.demo import DemoSetupError, pick_device
     from fdistill.rewards import PreferenceReward
 
     try:

@@ -19,7 +19,7 @@ A generator source is any callable ``generate(n, seed) -> uint8 tensor (n, C, H,
 :class:`SampleSource`; give it a ``teacher(nfe) -> SampleSource`` to make ``--teacher-nfe 1,2,4,8,35``
 evaluate the teacher at those NFEs into a teacher-vs-student ``table``::
 
-    from fdistill.evaluate import SampleSource, register_source
+    from fdistill.eval.images import SampleSource, register_source
 
     def is_student_run(spec: str) -> bool:
         return (Path(spec) / "checkpoints").is_dir()
@@ -72,7 +72,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEYS = ("images", "samples", "x", "arr_0")
 FMNIST_SPLITS = ("train", "test")
 # modules imported before resolving a SOURCE, so they can register_source(...)
-PLUGIN_MODULES: list[str] = ["fdistill.student_sources"]
+PLUGIN_MODULES: list[str] = ["fdistill.eval.student_sources"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def _load_folder(spec: str, options: SourceOptions) -> SampleSource:  # noqa: AR
         known = ", ".join(registered_sources()) or "none"
         raise ValueError(
             f"{spec} looks like a run directory or pipeline (it has {marker}) but no registered sample source "
-            f"claims it (registered: {known}); import the module that calls fdistill.evaluate.register_source, or "
+            f"claims it (registered: {known}); import the module that calls fdistill.eval.images.register_source, or "
             "export samples to a folder / .npz first"
         )
     return tensor_source(load_image_folder(spec), name=f"folder:{spec}")
@@ -593,7 +593,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 EVAL_EPILOG = """\
 SOURCE: an image folder, an .npz of images (uint8 or float; NHWC/NCHW/NHW), or anything a registered sample
-source accepts (fdistill.evaluate.register_source; e.g. a student run directory or exported pipeline).
+source accepts (fdistill.eval.images.register_source; e.g. a student run directory or exported pipeline).
 REF: fashion_mnist:test | fashion_mnist:train (rendered at the samples' size: 28 as stored, 32 background-padded
 as the data loader), an image folder, an .npz of images, or an .npz of stats (mu, sigma, n, protocol).
 

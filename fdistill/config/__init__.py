@@ -76,7 +76,7 @@ class NetworkConfig:
 @dataclass
 class MethodConfig:
     name: str = "dmd"
-    divergence: str = "rkl"  # fdistill, uni_instruct: any name in fdistill.divergences.names()
+    divergence: str = "rkl"  # fdistill, uni_instruct: any name in fdistill.core.divergences.names()
     divergence_alpha: float = 0.5  # parameter of the 'alpha' divergence
     alpha: float = 1.2  # sid: alpha of the SiD loss (0.5 = exact Fisher gradient, 1 = SIM-l2)
     distance: str = "pseudo_huber"  # sim, di_star: pseudo_huber | l2
@@ -130,7 +130,7 @@ class TrainConfig:
     # K-step student (docs/math.md §2.10): K levels, trained by backward simulation; 1 = the one-step generator
     student_steps: int = 1
     # the K decreasing levels, first = sigma_init; null = sigma_init then K-1 Karras-spaced levels down to
-    # min(sigma_data, sigma_init) / 2 (fdistill.generator.default_student_sigmas)
+    # min(sigma_data, sigma_init) / 2 (fdistill.nets.generator.default_student_sigmas)
     student_sigmas: list[float] | None = None
     ema_decay: float = 0.999
     grad_clip: float | None = None  # max grad norm for every network; 0 = off; null = recipe (DMD2 10, SiD off)
@@ -246,7 +246,8 @@ def to_dataclass(merged: DictConfig, schema: type) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    from fdistill import divergences, methods
+    from fdistill import methods
+    from fdistill.core import divergences
 
     for key, accepted in CHOICES.items():
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
@@ -361,7 +362,7 @@ def _validate_numbers(cfg: Config) -> None:
 
 
 def _validate_student_steps(t: TrainConfig) -> None:
-    from fdistill.generator import check_student_sigmas
+    from fdistill.nets.generator import check_student_sigmas
 
     if t.student_steps < 1:
         raise ConfigError(f"train.student_steps={t.student_steps} must be >= 1 (1 = the one-step generator)")
@@ -380,7 +381,7 @@ def _validate_student_steps(t: TrainConfig) -> None:
 
 
 def _validate_sigma(m: MethodConfig) -> None:
-    from fdistill.noise import SigmaSampler
+    from fdistill.core.noise import SigmaSampler
 
     for key, kind, extra in (("sigma", m.sigma, ()), ("fake_sigma", m.fake_sigma, ("same",))):
         if kind is not None and kind not in (*SigmaSampler.KINDS, *extra):

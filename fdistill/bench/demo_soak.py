@@ -1,9 +1,9 @@
 """Soak test of the Gradio demo: N clients for a fixed time; errors, latency, server memory and temp files.
 
-    python bench/demo_soak.py                                   # 16 clients x 180 s, shipped student, cache age 30 s
-    python bench/demo_soak.py --clients 4 --duration 60 --cache-age 10
-    python bench/demo_soak.py --checkpoint runs/x/student --clients 8 --duration 600 --cache-age 60
-    python bench/demo_soak.py --cache-age 0      # the server's default cache age (3600 s): the cache only grows
+    fdistill bench demo-soak                                   # 16 clients x 180 s, shipped student, cache age 30 s
+    fdistill bench demo-soak --clients 4 --duration 60 --cache-age 10
+    fdistill bench demo-soak --checkpoint runs/x/student --clients 8 --duration 600 --cache-age 60
+    fdistill bench demo-soak --cache-age 0      # the server's default cache age (3600 s): the cache only grows
 
 The server and the clients are :mod:`demo_load`'s: ``fdistill demo`` in a child process on 127.0.0.1 (student
 only, ``--no-teacher``: the one-step student path is what is measured; ``checkpoints/fmnist_student`` when present,
@@ -15,7 +15,7 @@ error, and the run needs 0 of them.
 
 Memory and disk. The server gets a fresh ``GRADIO_TEMP_DIR`` (where Gradio 6 writes every result image, one
 ``<sha256>/image.png`` per image) and ``--cache-ttl S`` (``--cache-age``): the PNGs older than S s are deleted with
-their folders every S/4 s (:func:`fdistill.demo.sweep_cache`; Gradio's own ``delete_cache`` sweep every S/2 s stops
+their folders every S/4 s (:func:`fdistill.apps.demo.sweep_cache`; Gradio's own ``delete_cache`` sweep every S/2 s stops
 for good the first time a request finishes during it), so a file lives at most about 1.25 S and the cache should
 never hold more than what 2 S seconds of requests write: the bound checked at the end (PNGs, bytes and folders),
 once the run has lasted 1.5 S. The server's RSS (``/proc/PID/status`` VmRSS, or psutil) and the cache's bytes,
@@ -48,8 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_load  # noqa: E402
+from fdistill.bench import demo_load
 
 REPO = demo_load.REPO
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fdistill.noise import SIGMA_MAX, SIGMA_MIN, karras_sigma
+from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN, karras_sigma
 
 
 def heun_steps_for_nfe(nfe: int) -> int:

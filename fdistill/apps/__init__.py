@@ -1,0 +1,1 @@
+"""User-facing applications: the Gradio demo, sampling, diffusion-target visualisation, run reports."""

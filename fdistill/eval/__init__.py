@@ -1,0 +1,1 @@
+"""Evaluation commands: FID/KID/precision-recall of students, folders and teachers; text-to-image metrics."""

@@ -1,0 +1,1 @@
+"""Exported students: the one-step/K-step diffusers pipeline and the Stable-Diffusion export."""
