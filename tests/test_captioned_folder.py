@@ -164,7 +164,7 @@ def test_load_dataset_dispatch(hf_folder):
 
 @pytest.fixture(scope="module")
 def sd_root(tmp_path_factory):
-    from fdistill.teachers.latent import save_tiny_latent_teacher
+    from fixtures import save_tiny_latent_teacher
 
     root = tmp_path_factory.mktemp("tiny_sd_captioned")
     save_tiny_latent_teacher(root / "sd")

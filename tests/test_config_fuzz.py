@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fdistill.config import known_keys
 from fdistill.cli import main
+from fdistill.config import known_keys
 
 KEYS = known_keys()
 SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})
@@ -96,3 +96,16 @@ EDGES = ["train.grad_clip=inf", "train.max_minutes=inf", "train.lr_generator=0",
 @pytest.mark.parametrize("override", EDGES)
 def test_edge_values_that_mean_something_are_accepted(override, capsys):
     assert _check([override], capsys)[0] == 0
+
+
+def test_distill_help_lists_every_key_with_its_help(capsys):
+    """``fdistill distill --help`` is generated from the schema: every key, its help string and its default."""
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    for key in KEYS:
+        assert key in lines, f"{key} missing from fdistill distill --help"
+        assert "(default: " in lines[key] or "(required)" in lines[key], lines[key]
+    assert "classifier" in lines["reward.kind"]

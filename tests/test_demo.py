@@ -195,12 +195,12 @@ def test_unconditional_student_and_env_var(tmp_path, monkeypatch):
 def test_default_teacher_is_optional_but_a_named_one_must_match(tmp_path, checkpoints, monkeypatch):
     student, _ = checkpoints
     monkeypatch.delenv("FDISTILL_TEACHER", raising=False)
-    monkeypatch.setattr("fdistill.apps.demo.DEFAULT_TEACHER", str(tmp_path / "no_teacher_here"))
+    monkeypatch.setattr("fdistill.apps.demo.backends.DEFAULT_TEACHER", str(tmp_path / "no_teacher_here"))
     engine = DemoEngine(student, device="cpu")
     assert engine.teacher is None and "none found" in engine.teacher_note
     other = tmp_path / "other_teacher"  # a teacher of another student: 4 classes
     tiny_unet(num_classes=4).save_pretrained(other)
-    monkeypatch.setattr("fdistill.apps.demo.DEFAULT_TEACHER", str(other))
+    monkeypatch.setattr("fdistill.apps.demo.backends.DEFAULT_TEACHER", str(other))
     engine = DemoEngine(student, device="cpu")
     assert engine.teacher is None and "4 classes" in engine.teacher_note  # the default: served without it
     with pytest.raises(DemoSetupError, match="4 classes"):

@@ -21,6 +21,8 @@ import torch
 
 pytest.importorskip("gradio")
 
+from fixtures import save_tiny_latent_teacher  # noqa: E402
+
 from fdistill.apps.demo import (  # noqa: E402
     NUM_EXAMPLES,
     SD_SAMPLER,
@@ -32,7 +34,7 @@ from fdistill.apps.demo import (  # noqa: E402
 )
 from fdistill.export.stable_diffusion import export_sd_student, one_step_kwargs  # noqa: E402
 from fdistill.nets.generator import OneStepGenerator  # noqa: E402
-from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher  # noqa: E402
+from fdistill.teachers.latent import load_latent_teacher  # noqa: E402
 
 PROMPTS = [f"{c} {thing}" for c in ("red", "blue") for thing in ("ball", "cat", "car", "sun", "hat", "cup")]
 LATENT, IMAGE = (4, 8, 8), (3, 16, 16)  # save_tiny_latent_teacher: 8x8 latents, a 2-level VAE (x2)

@@ -164,9 +164,9 @@ def test_missing_package_without_npm_is_clear(tmp_path, monkeypatch):
 def test_fdistill_js_with_discriminator_on_emoji_latents(fake_pkg, tmp_path, monkeypatch):
     """f-distill (JS) needs real data for its density-ratio discriminator: the emoji images encoded by the teacher's
     VAE, with their captions as prompt ids (``RealData`` calls ``teacher.encode_dataset``)."""
+    from fixtures import save_tiny_latent_teacher
     from test_latent_teacher import latent_run_config
 
-    from fdistill.teachers.latent import save_tiny_latent_teacher
     from fdistill.train import distill as distill_mod
 
     pkg, _ = fake_pkg

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fixtures import save_tiny_clip_model, save_tiny_latent_teacher
 from PIL import Image
 
 from fdistill.eval.t2i import (
@@ -25,8 +26,8 @@ from fdistill.eval.t2i import (
 )
 from fdistill.export.stable_diffusion import export_sd_student
 from fdistill.nets.generator import OneStepGenerator
-from fdistill.rewards import PreferenceReward, save_tiny_clip_model
-from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher
+from fdistill.rewards import PreferenceReward
+from fdistill.teachers.latent import load_latent_teacher
 
 PROMPTS = [f"{c} {thing}" for c in ("red", "blue") for thing in ("ball", "cat", "car", "sun", "hat")]
 IMAGE = (3, 16, 16)  # save_tiny_latent_teacher: 8x8 latents, a 2-level VAE (x2)

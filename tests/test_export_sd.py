@@ -14,9 +14,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fixtures import save_tiny_latent_teacher  # noqa: E402
+
 from fdistill.export.stable_diffusion import export_sd_student, one_step_kwargs  # noqa: E402
 from fdistill.nets.generator import OneStepGenerator  # noqa: E402
-from fdistill.teachers.latent import load_latent_teacher, save_tiny_latent_teacher  # noqa: E402
+from fdistill.teachers.latent import load_latent_teacher  # noqa: E402
 
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]
 
@@ -149,7 +151,7 @@ def test_bf16_teacher_exports_full_precision_components(roots, tmp_path):
 def test_init_generator_loads_an_exported_student(roots, tmp_path):
     """``train.init_generator``: DI* starts from an exported one-step student; its UNet weights land in the new
     generator exactly, and a folder of another architecture is one clear error."""
-    from fdistill.train.distill import load_generator_weights
+    from fdistill.train.networks import load_generator_weights
 
     teacher = _teacher(roots["epsilon"])
     gen = _perturbed_generator(teacher, 399)

@@ -15,8 +15,8 @@ from test_trainer import tiny
 
 from fdistill import methods
 from fdistill.apps.sample import handover_level, hybrid_sample
-from fdistill.config import ConfigError
 from fdistill.cli import main
+from fdistill.config import ConfigError
 from fdistill.export.pipeline import OneStepPipeline, export_student
 from fdistill.nets.generator import OneStepGenerator, default_student_sigmas, run_chain
 from fdistill.nets.unet import EDMUNet

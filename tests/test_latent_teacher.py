@@ -12,10 +12,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fixtures import save_tiny_latent_teacher  # noqa: E402
+
 from fdistill.teachers.latent import (  # noqa: E402
     LatentTeacher,
     load_latent_teacher,
-    save_tiny_latent_teacher,
     sigma_to_timestep,
     timestep_to_sigma,
 )

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from fdistill.eval.images import SampleSource, evaluate, main, register_source, resolve_source, tensor_source
+from fdistill.eval.fid_eval import evaluate
+from fdistill.eval.images import main
+from fdistill.eval.sources import SampleSource, register_source, resolve_source, tensor_source
 from fdistill.metrics import fid as fidmod
 from fdistill.metrics import inception as incmod
 from fdistill.metrics.fid import (
@@ -333,7 +335,7 @@ class _PixelFeatures(torch.nn.Module):
 
 
 def test_generator_source_hook_and_teacher_table(tmp_path, fm_images, monkeypatch):
-    import fdistill.eval.images as ev
+    import fdistill.eval.sources as ev
 
     monkeypatch.setattr(ev, "_SOURCES", [])
     monkeypatch.setattr(incmod, "InceptionFeatureExtractor", _PixelFeatures)

@@ -14,7 +14,8 @@ from fdistill.config import ConfigError, load_config
 from fdistill.core.noise import SigmaSampler
 from fdistill.methods.recipes import RECIPES
 from fdistill.nets.unet import EDMUNet
-from fdistill.train.distill import Distiller, _step_generator
+from fdistill.train.distill import Distiller
+from fdistill.train.loop import step_generator as _step_generator
 
 TINY = [
     "teacher.means=[[-1.5,0.0],[1.5,0.0]]", "teacher.stds=[0.2,0.2]", "teacher.weights=[0.6,0.4]",

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fixtures import save_tiny_clip_model, save_tiny_latent_teacher  # noqa: E402
+
 from fdistill.config import load_config  # noqa: E402
 from fdistill.rewards import (  # noqa: E402
     OPENAI_CLIP_MEAN,
@@ -22,7 +24,6 @@ from fdistill.rewards import (  # noqa: E402
     PreferenceReward,
     build_reward,
     clip_preprocess,
-    save_tiny_clip_model,
 )
 
 PROMPTS = ["a red apple", "a smiling face", "a blue car"]
@@ -35,8 +36,6 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd_root(tmp_path_factory):
-    from fdistill.teachers.latent import save_tiny_latent_teacher
-
     root = tmp_path_factory.mktemp("sd_reward")
     save_tiny_latent_teacher(root / "sd")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

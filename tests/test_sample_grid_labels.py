@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fdistill.metrics.plots import image_grid, label_strip_width
-from fdistill.train.run_eval import _image_metrics, grid_labels
+from fdistill.train.run_eval import EvalInputs, ScorerCache, _image_metrics, grid_labels
 
 
 def _rows(channels: int = 1, n: int = 16, side: int = 28) -> list[torch.Tensor]:
@@ -55,15 +55,18 @@ def test_run_samples_png_is_labelled(tmp_path, final, steps):
     """The grid ``_image_metrics`` writes for a run: teacher rows (final only) above the student's, labelled."""
     samples = _rows()[0]
     teacher = SimpleNamespace(sample=lambda n, cond, nfe, generator, device: _rows()[1][:n])
-    distiller = SimpleNamespace(
+    run = EvalInputs(
         cfg=SimpleNamespace(seed=0, teacher=SimpleNamespace(sample_nfe=18), data=SimpleNamespace(name="mnist5k")),
         teacher=teacher,
         run_dir=tmp_path,
-        state=SimpleNamespace(step=7),
-        accelerator=SimpleNamespace(device="cpu"),
-        ema=SimpleNamespace(model=SimpleNamespace(steps=steps)),
+        step=7,
+        images_seen=0,
+        sample=None,
+        student=SimpleNamespace(steps=steps),
+        device="cpu",
+        scorers=ScorerCache(),
     )
-    assert _image_metrics(distiller, samples, None, final) == {}  # no proxy FID outside Fashion-MNIST
+    assert _image_metrics(run, samples, None, final) == {}  # no proxy FID outside Fashion-MNIST
     labels = grid_labels(18 if final else None, steps)
     path = tmp_path / ("samples.png" if final else "samples_00000007.png")
     written = np.asarray(Image.open(path))

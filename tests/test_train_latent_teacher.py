@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from fdistill.config import ConfigError
-from fdistill.train.latent_teacher import LatentRecipe
 from fdistill.train.teacher import load_teacher_config, main, train_teacher
+from fdistill.train.teacher.latent_recipe import LatentRecipe
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     """A tiny SD folder: its VAE (16 px -> 4x8x8 latents) and its text encoder/tokenizer serve the new teacher."""
-    from fdistill.teachers.latent import save_tiny_latent_teacher
+    from fixtures import save_tiny_latent_teacher
 
     sd = save_tiny_latent_teacher(tmp_path_factory.mktemp("latent_parts") / "sd", max_length=8)
     return sd / "vae", sd

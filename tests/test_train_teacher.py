@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import fdistill.train.teacher as teacher_mod
+import fdistill.train.teacher.trainer as teacher_mod
 from fdistill.config import ConfigError
+from fdistill.metrics.plots import save_image_grid
 from fdistill.nets.unet import EDMUNet
 from fdistill.train.teacher import (
     StepSampler,
@@ -19,7 +20,6 @@ from fdistill.train.teacher import (
     export_card,
     load_teacher_config,
     main,
-    save_image_grid,
     train_teacher,
 )
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fdistill import methods
-from fdistill.config import ConfigError, load_config
 from fdistill.cli import main
+from fdistill.config import ConfigError, load_config
 from fdistill.train.checkpoint import list_checkpoints
 from fdistill.train.distill import Distiller, NonFiniteError, distill
 

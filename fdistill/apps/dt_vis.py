@@ -29,6 +29,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fdistill.apps.sample import HYBRID_HELP, _labels, _load, hybrid_sample
+from fdistill.config.args import ArgumentError, OneLineArgumentParser
+from fdistill.core.sampling import heun_steps_for_nfe
 from fdistill.metrics.plots import to_uint8
 
 
@@ -54,9 +57,6 @@ def dt_trajectories(
 ) -> list[DTRow]:
     """The rows of the grid (sample-major: teacher, student, hybrid), each run with the same seed, so the same
     labels and ``z`` (see :func:`fdistill.apps.sample.hybrid_sample` for the order of draws)."""
-    from fdistill.apps.sample import _load, hybrid_sample
-    from fdistill.core.sampling import heun_steps_for_nfe
-
     student, teacher = _load(student, teacher)
     runs = [("teacher", heun_steps_for_nfe(nfe))]
     if student is not None:
@@ -106,9 +106,6 @@ def _check_student(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from fdistill.apps.sample import HYBRID_HELP, _labels
-    from fdistill.config.args import ArgumentError, OneLineArgumentParser
-
     p = OneLineArgumentParser(prog="fdistill dt-vis", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--teacher", required=True, help="pixel teacher folder (EDMUNet / UNet2DModel)")
@@ -128,8 +125,6 @@ def main(argv: list[str]) -> int:
             raise ArgumentError(f"--num ({args.num}) and --zoom ({args.zoom}) must be >= 1")
         if args.student is not None:
             _check_student(Path(args.student))
-        from fdistill.apps.sample import _load
-
         student, teacher = _load(args.student, args.teacher)
         names = list(student.config.class_names) if student is not None else []
         labels = _labels(args.classes, args.num, names)

@@ -19,6 +19,7 @@ same images), N = the teacher's number of steps its own sample. Whether a one-st
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fdistill.core.guidance import guided
+from fdistill.core.sampling import edm_heun_sampler, edm_sigmas, heun_steps_for_nfe
+from fdistill.export.pipeline import OneStepPipeline
 from fdistill.metrics.plots import image_grid
+from fdistill.nets.unet import EDMUNet
+from fdistill.teachers.diffusers import UNetTeacher
 
 #: ``callback(who, index, sigma, x0)``: ``who`` is "teacher" (its i-th Heun step), "handover" (the teacher's x0
 #: prediction handed to the student, index N) or "student" (level index j..K-1 of the student's schedule)
@@ -74,8 +80,6 @@ def handover_level(student_sigmas: Sequence[float], sigma: float) -> int:
 
 
 def _load(student_pipe, teacher):
-    from fdistill.export.pipeline import OneStepPipeline
-
     if isinstance(student_pipe, str | Path):
         student_pipe = OneStepPipeline.from_pretrained(student_pipe)
     if isinstance(teacher, str | Path):
@@ -88,10 +92,6 @@ def _load(student_pipe, teacher):
 def _load_teacher(path: Path):
     """A pixel teacher folder (EDMUNet or UNet2DModel) as a :class:`fdistill.teachers.diffusers.UNetTeacher`;
     latent (Stable-Diffusion-style) folders are one clear error."""
-    import json
-
-    from fdistill.teachers.diffusers import UNetTeacher
-
     index = path / "model_index.json"
     if index.is_file() and "vae" in json.loads(index.read_text()):
         raise ValueError(
@@ -131,8 +131,6 @@ def hybrid_sample(
         clamp: clamp the result to [-1, 1] (the pipeline's images); False returns the raw last x0 / sample.
         callback: ``callback(who, index, sigma, x0)`` for every x0 prediction (DT-visualisation).
     """
-    from fdistill.core.sampling import edm_heun_sampler, edm_sigmas, heun_steps_for_nfe
-
     student_pipe, teacher = _load(student_pipe, teacher)
     nfe = int(nfe if nfe is not None else getattr(teacher, "sample_nfe", 35))
     steps = heun_steps_for_nfe(nfe)
@@ -254,8 +252,6 @@ def main(argv: list[str]) -> int:
 
 
 def _sample_student(src: Path, args) -> tuple[Tensor, str]:
-    from fdistill.export.pipeline import OneStepPipeline
-
     pipe = OneStepPipeline.from_pretrained(src)
     labels = _labels(args.classes, args.num, pipe.config.class_names)
     if args.hybrid_steps is not None:
@@ -273,21 +269,13 @@ def _sample_student(src: Path, args) -> tuple[Tensor, str]:
 
 
 def _sample_teacher(src: Path, args) -> tuple[Tensor, str]:
-    from fdistill.core.sampling import edm_heun_sampler
-    from fdistill.nets.unet import EDMUNet
-
     net = EDMUNet.from_pretrained(src).eval()
     gen = torch.Generator().manual_seed(args.seed)
     labels = _labels(args.classes, args.num, [])
     cond = torch.tensor(labels) if labels else (torch.randint(0, net.num_classes, (args.num,), generator=gen)
                                                 if net.num_classes else None)  # fmt: skip
 
-    def denoise(x, s):
-        d_c = net(x, s, cond)
-        if args.guidance == 1.0 or cond is None:
-            return d_c
-        return d_c + (args.guidance - 1.0) * (d_c - net(x, s, None))
-
     with torch.no_grad():
-        images = edm_heun_sampler(denoise, (args.num, *net.sample_shape), args.nfe, gen)
+        images = edm_heun_sampler(lambda x, s: guided(net, x, s, cond, args.guidance),
+                                  (args.num, *net.sample_shape), args.nfe, gen)  # fmt: skip
     return images, f"teacher, NFE {args.nfe}"

@@ -33,6 +33,12 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import torch  # noqa: E402
+
+from fdistill.data.fashion_mnist import CLASS_NAMES  # noqa: E402
+from fdistill.export.pipeline import export_student  # noqa: E402
+from fdistill.nets.unet import EDMUNet  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 ARCHS = {
     "fmnist": {"sample_size": 32, "block_out_channels": (32, 64, 128), "attention_levels": (2,), "norm_num_groups": 32,
@@ -43,12 +49,6 @@ ARCHS = {
 
 
 def random_student(arch: str, folder: Path) -> Path:
-    import torch
-
-    from fdistill.data.fashion_mnist import CLASS_NAMES
-    from fdistill.export.pipeline import export_student
-    from fdistill.nets.unet import EDMUNet
-
     torch.manual_seed(0)
     return export_student(EDMUNet(**ARCHS[arch]), 2.5, folder / f"student_{arch}", class_names=CLASS_NAMES)
 

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 
 from fdistill.config import load_config
+from fdistill.metrics.plots import scatter_panel
+from fdistill.teachers import build_teacher
+from fdistill.train.distill import Distiller
 
 FAR2 = ["teacher.means=[[-4.0,0.0],[4.0,0.0]]", "teacher.stds=[0.3,0.3]", "teacher.weights=[0.7,0.3]"]
 RING8W = [
@@ -68,8 +71,6 @@ REFERENCE_NAMES = {"di": "di", "dmd": "dmd", "fdistill rkl": "fdistill-rkl", "fd
 
 def run_one(mixture: str, overrides: list[str], steps: int | None, out: Path, seed: int) -> dict:
     """One engine run (in a worker process); returns its metrics and wall time, saves 2,000 samples for the grid."""
-    from fdistill.train.distill import Distiller
-
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     sys.stderr = open(out / "train.log", "w")  # noqa: SIM115  (worker process: its bar and logs, not interleaved)
@@ -221,9 +222,6 @@ def _grid(out: Path, jobs: list[tuple]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fdistill.metrics.plots import scatter_panel
-    from fdistill.teachers import build_teacher
 
     panels = []
     for mixture, name, _, seed, _ in jobs:

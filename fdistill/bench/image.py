@@ -27,6 +27,12 @@ from pathlib import Path
 
 import torch
 
+from fdistill.config import load_config
+from fdistill.core.noise import SigmaSampler, denoising_score_matching_loss
+from fdistill.nets.unet import EDMUNet
+from fdistill.teachers.diffusers import UNetTeacher
+from fdistill.train.distill import Distiller
+
 METHODS = [
     ("di", []),
     ("dmd", []),
@@ -40,8 +46,6 @@ METHODS = [
 
 
 def _tiny_teacher(path: Path) -> None:
-    from fdistill.nets.unet import EDMUNet
-
     torch.manual_seed(0)
     EDMUNet(sample_size=32, block_out_channels=(32, 64, 64), attention_levels=(2,), num_classes=10).save_pretrained(
         path
@@ -72,10 +76,6 @@ def _peak_mb(device: torch.device) -> float:
 
 def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra: list[str]) -> dict:
     """One measurement in this process: ``kind`` = 'dsm', 'sample:NFE' or a method name."""
-    from fdistill.config import load_config
-    from fdistill.core.noise import SigmaSampler, denoising_score_matching_loss
-    from fdistill.teachers.diffusers import UNetTeacher
-
     dev = torch.device(device)
     base = _peak_mb(dev)
     if kind == "dsm" or kind.startswith("sample:"):
@@ -106,8 +106,6 @@ def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra:
 
         seconds = _seconds_per_call(step, iters, dev)
     else:
-        from fdistill.train.distill import Distiller
-
         name = kind.split()[0]
         with tempfile.TemporaryDirectory() as out:
             over = [f"teacher.path={teacher}", f"method.name={name}", f"train.batch_size={batch}",

@@ -1,5 +1,5 @@
 """The ``fdistill`` command: distill | train-teacher | train-vae | train-caption-match | eval | report | sample |
-demo | bench.
+dt-vis | plan | demo | bench.
 
 Works as ``fdistill distill CONFIG key=value ...`` and as
 ``accelerate launch -m fdistill distill CONFIG key=value ...`` (one GPU, DDP or FSDP via
@@ -13,39 +13,32 @@ import logging
 import os
 import sys
 
+from fdistill.config import Config, ConfigError, load_config, options_help, to_yaml
 from fdistill.config.args import ArgumentError, OneLineArgumentParser, one_line
+from fdistill.train.checkpoint import DiskFullError
+from fdistill.train.distill import NonFiniteError, distill
 
-DISTILL_EPILOG = """\
+DISTILL_EPILOG_HEAD = """\
 overrides are dotted key=value pairs applied on top of CONFIG, e.g.
   fdistill distill configs/gmm8.yaml method.name=fdistill method.divergence=js train.steps=2000
-
-sections and their main keys (see fdistill/config/ for every key and its default):
-  teacher.*  kind (gmm|unet|latent), means, stds, weights, conditional, path, subfolder, dtype, sample_nfe,
-             prompts_file, lora_rank, gradient_checkpointing
-  method.*   name (di|dmd|sid|sim|fdistill|uni_instruct|di_star), divergence (rkl|kl|js|sh|jf|sf|neyman|
-             pearson|alpha), alpha (SiD), huber_c, gan_weight, disc_features (fake|teacher), guidance,
-             ratio_bins, ratio_ema, normalize_h, alpha_rev, alpha_cfg, sigma (lognormal|karras|karras_grid|
-             loguniform|ddpm_uniform), sigma_params, fake_sigma (+ same), fake_sigma_params, disc_weight
-  train.*    steps, batch_size, grad_accum, lr_generator, lr_fake, lr_disc, fake_updates, fake_warmup_steps,
-             sigma_init, ema_decay, grad_clip, adam_beta1, adam_beta2, weight_decay, mixed_precision (no|bf16),
-             checkpoint_every, log_every, max_minutes
-  null recipe keys (sigma_init, adam_*, weight_decay, grad_clip, fake_sigma, disc_weight) take the
-             method's reference recipe (fdistill/methods/recipes.py); --dry-run prints the resolved values
-  reward.*   kind (none|gmm_component|classifier|clip|preference), component, path, tokenizer_path, scale
-  seed, output_dir
-
-the run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,
+null recipe keys take the method's reference recipe (fdistill/methods/recipes.py); --dry-run prints the resolved
+values. The run directory (output_dir) receives config.yaml, metrics.jsonl, TensorBoard logs, checkpoints/,
 samples.png and metrics.json; `--resume latest` continues a killed run exactly where it stopped.
+
+keys (key=value), with their defaults:
 """
 
 
-def _distill(argv: list[str]) -> int:
-    from fdistill.config import ConfigError, load_config, to_yaml
+def distill_epilog() -> str:
+    """The ``fdistill distill --help`` epilog: every key of the schema with its help and default."""
+    return DISTILL_EPILOG_HEAD + options_help(Config, width=28)
 
+
+def _distill(argv: list[str]) -> int:
     p = OneLineArgumentParser(
         prog="fdistill distill",
         description="Distill a teacher diffusion model into a one-step generator with any registered method.",
-        epilog=DISTILL_EPILOG,
+        epilog=distill_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML preset, e.g. configs/gmm8.yaml")
@@ -65,9 +58,6 @@ def _distill(argv: list[str]) -> int:
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
-    from fdistill.train.checkpoint import DiskFullError
-    from fdistill.train.distill import NonFiniteError, distill
-
     try:
         run_dir = distill(cfg, resume=args.resume)
     except ConfigError as e:  # bad input found while starting, e.g. a damaged --resume checkpoint (CheckpointError)
@@ -102,8 +92,9 @@ COMMANDS = {
     "report": (_delegate("fdistill.apps.report"), "Markdown report with curves and sample grids of a run"),
     "sample": (_delegate("fdistill.apps.sample"), "write samples of a student or teacher"),
     "dt-vis": (_delegate("fdistill.apps.dt_vis"), "grid of each step's x0 prediction: teacher, student, hybrid"),
+    "plan": (_delegate("fdistill.apps.plan"), "per-GPU memory of a run (DDP / FSDP / LoRA), planned before it starts"),
     "demo": (_delegate("fdistill.apps.demo"), "serve the Gradio demo of a one-step student"),
-    "bench": (_delegate("fdistill.bench"), "benchmarks: gmm (mixtures), image (speed, cost), image-fid (FID table)"),
+    "bench": (_delegate("fdistill.bench"), "benchmarks: gmm, image, image-fid, inception-speed, demo-load, demo-soak"),
 }
 
 

@@ -1,460 +1,56 @@
-"""Typed run configuration: dataclass schemas, YAML presets, dotted overrides and clear errors.
-
-A run is described by one :class:`Config` (OmegaConf structured config). ``load_config`` merges, in
-order, the schema defaults, a YAML preset and ``key=value`` overrides from the command line; any key
-the schema does not know, or a value of the wrong type, raises :class:`ConfigError` with one line that
-names the key and what is accepted; so do non-finite floats and numbers outside their range (:data:`RANGES`:
-rates >= 0, betas and decays in [0, 1), step counts >= 1, ...), checked after the method's recipe fills its keys.
-The keys ``teacher.kind``, ``teacher.means``, ``teacher.stds``, ``teacher.weights``, ``method.name``,
-``method.divergence``, ``method.alpha``, ``train.steps``, ``train.batch_size``, ``seed`` and ``output_dir`` are a
-public contract.
-
-``method`` is one flat section shared by all methods so that switching ``method.name`` alone switches
-the method; each method reads the fields it documents and the trainer warns about set fields the
-chosen method ignores.
-"""
-
-from __future__ import annotations
-
-import difflib
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any
-
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message is one line meant for the user."""
-
-
-@dataclass
-class TeacherConfig:
-    kind: str = "gmm"  # gmm | unet | latent
-    # gmm: component means (K x d), isotropic stds (K), weights (K, normalised)
-    means: Any = None
-    stds: Any = None
-    weights: Any = None
-    conditional: bool = False  # gmm: condition on the component label (enables CFG)
-    # unet / latent: a local diffusers folder or a hub id
-    path: str | None = None
-    subfolder: str | None = None
-    dtype: str = "float32"  # frozen teacher precision: float32 | bfloat16 | float16
-    sample_nfe: int = 18  # teacher sampler steps used for sample grids / comparisons
-    # latent (Stable-Diffusion-style) teachers, fdistill/teachers/latent.py
-    prompts_file: str | None = None  # latent: one prompt a line; cond = prompt id (none = empty prompt only)
-    prompt_cache: bool = True  # latent: cache prompt embeddings (N x L x D in teacher.dtype) on first use
-    lora_rank: int = 0  # latent: > 0 trains LoRA adapters of this rank on the generator / fake UNet copies
-    lora_alpha: float | None = None  # latent: LoRA scale numerator (None = lora_rank, i.e. scale 1)
-    gradient_checkpointing: bool = False  # latent: gradient checkpointing in the trainable UNet copies
-    variant: str | None = None  # latent: diffusers weight variant to load, e.g. fp16
-
-
-@dataclass
-class DataConfig:
-    """Real data for the discriminator (image teachers); analytic teachers sample their own."""
-
-    name: str = "fashion_mnist"  # fdistill.data.DATASETS: fashion_mnist | mnist5k | emoji | captioned_folder
-    root: str | None = None  # the data set's folder (captioned_folder: required); None = its default location
-    # captioned_folder / emoji: image side; None = the loader's default (emoji 64, captioned_folder 512)
-    image_size: int | None = None
-    limit: int | None = None  # captioned_folder / emoji: keep the first N images (in-memory sets); None = all
-
-
-@dataclass
-class NetworkConfig:
-    """Student networks built from scratch (analytic teachers). Image teachers copy the teacher net."""
-
-    hidden: int = 256
-    depth: int = 4
-    sigma_data: float | None = None  # EDM preconditioning; None takes the teacher's data std
-
-
-@dataclass
-class MethodConfig:
-    name: str = "dmd"
-    divergence: str = "rkl"  # fdistill, uni_instruct: any name in fdistill.core.divergences.names()
-    divergence_alpha: float = 0.5  # parameter of the 'alpha' divergence
-    alpha: float = 1.2  # sid: alpha of the SiD loss (0.5 = exact Fisher gradient, 1 = SIM-l2)
-    distance: str = "pseudo_huber"  # sim, di_star: pseudo_huber | l2
-    huber_c: float = 1.0  # sim, di_star: pseudo-Huber c (on the score difference)
-    normalize: bool = True  # DMD/SiD per-sample L1 normaliser 1/mean|x0 - D_p|
-    guidance: float = 1.0  # teacher CFG scale for the reference score, w = 1 means off
-    gan_weight: float = 0.0  # dmd, fdistill, uni_instruct: non-saturating GAN term on the generator
-    disc_features: str = "fake"  # discriminator head on 'fake' score or 'teacher' encoder features
-    disc_weight: float | None = None  # disc BCE weight in the fake phase; None: 0.01 on fake features (DMD2), else 1
-    logit_clip: float = 10.0  # fdistill/uni_instruct: |logit| clamp before r = exp(logit)
-    ratio_min: float = 0.1  # fdistill: r clip
-    ratio_max: float = 20.0
-    ratio_bins: int = 10  # fdistill: per-noise-level E_q[r]=1 normalisation (log-sigma bins; 0 = off)
-    ratio_ema: float = 0.99  # fdistill: per-call decay of the per-bin ratio sums and counts (0 = current batch)
-    normalize_h: bool = True  # fdistill/uni_instruct: h / batch-mean(h)
-    alpha_rev: float = 0.0  # di_star: reward weight
-    alpha_cfg: float = 0.0  # di_star: CFG omega folded into the reference score (guidance = 1 + omega)
-    sigma: str | None = None  # generator sigma distribution; None = the method's paper default
-    # SigmaSampler fields over the generator's distribution, e.g. {p_mean: 0.0, p_std: 1.2} or {t_lo: 20, t_hi: 980}
-    sigma_params: dict[str, float] = field(default_factory=dict)
-    fake_sigma: str | None = None  # fake-score DSM distribution: a kind, "same" (the generator's); None = reference's
-    fake_sigma_params: dict[str, float] = field(default_factory=dict)  # as sigma_params, for fake_sigma
-
-
-@dataclass
-class RewardConfig:
-    kind: str = "none"  # none | gmm_component | classifier | clip | preference
-    component: int = 0  # gmm_component: reward = log N(x; mu_k, s_k^2 I) of this component
-    path: str | None = None  # clip / preference: a folder or hub id; classifier: a folder (default: the shipped one)
-    tokenizer_path: str | None = None  # clip / preference: tokenizer folder or hub id (None = reward.path)
-    scale: float | None = None  # score = scale * cos(image, text); None = 100 (clip), logit_scale.exp() (preference)
-    dtype: str = "float32"  # clip / preference: reward model precision: float32 | bfloat16 | float16
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    grad_accum: int = 1
-    lr_generator: float = 1e-4
-    lr_fake: float = 1e-4
-    lr_disc: float = 1e-4
-    # null = the method's reference recipe (fdistill/methods/recipes.py), resolved when the config is loaded
-    adam_beta1: float | None = None
-    adam_beta2: float | None = None
-    weight_decay: float | None = None
-    fake_updates: int = 1  # fake-score (and discriminator) updates per generator update
-    fake_warmup_steps: int = 0  # fake/discriminator-only steps before the generator starts
-    sigma_init: float | None = None  # G(z) = D_theta(sigma_init z, sigma_init); null = recipe (SiD 2.5, DMD2 80)
-    generator_input: str = "ve"  # ve: x_in = sigma_init z; vp: x_in = sqrt(1 + sigma_init^2) z (SD students)
-    # K-step student (docs/math.md §2.10): K levels, trained by backward simulation; 1 = the one-step generator
-    student_steps: int = 1
-    # the K decreasing levels, first = sigma_init; null = sigma_init then K-1 Karras-spaced levels down to
-    # min(sigma_data, sigma_init) / 2 (fdistill.nets.generator.default_student_sigmas)
-    student_sigmas: list[float] | None = None
-    ema_decay: float = 0.999
-    grad_clip: float | None = None  # max grad norm for every network; 0 = off; null = recipe (DMD2 10, SiD off)
-    mixed_precision: str = "no"  # no | bf16 (fp16 is refused: see _validate)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 25
-    eval_every: int = 0  # proxy evaluation inside training; 0 = only at the end
-    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
-    max_minutes: float = 0.0  # wall-clock budget: checkpoint, evaluate and stop when spent (0 = none)
-    init_generator: str | None = None  # start the generator from an exported student folder (its unet/), e.g. DI*
-    num_eval_samples: int = 4096
-    num_workers: int = 0
-
-
-@dataclass
-class Config:
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    output_dir: str = "runs/default"
-    name: str = MISSING
-
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "teacher.kind": ("gmm", "unet", "latent"),
-    "teacher.dtype": ("float32", "bfloat16", "float16"),
-    "method.distance": ("pseudo_huber", "l2"),
-    "method.disc_features": ("fake", "teacher"),
-    "train.mixed_precision": ("no", "bf16", "fp16"),
-    "train.generator_input": ("ve", "vp"),
-    "reward.kind": ("none", "gmm_component", "classifier", "clip", "preference"),
-    "reward.dtype": ("float32", "bfloat16", "float16"),
-}
-
-
-def _keys(obj: Any, prefix: str = "") -> list[str]:
-    out = []
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        out += _keys(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
-    return out
-
-
-def known_keys(schema: type = None) -> list[str]:  # type: ignore[assignment]
-    """Every dotted key of ``schema`` (default: :class:`Config`)."""
-    return _keys((schema or Config)())
-
-
-def _friendly(err: OmegaConfBaseException, where: str, schema: type) -> ConfigError:
-    key = getattr(err, "full_key", None) or ""
-    msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).strip().splitlines()[0]
-    if "not in" in msg or "Missing key" in msg or "Key '" in msg:
-        keys = known_keys(schema)
-        close = difflib.get_close_matches(key, keys, n=3)
-        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = [k[len(section) :] for k in keys if k.startswith(section) and "." not in k[len(section) :]]
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return ConfigError(
-            f"{where}: unknown config key {key!r}.{hint} Accepted in this section: {', '.join(siblings)}"
-        )
-    return ConfigError(f"{where}: bad value for {key!r}: {msg}")
-
-
-def merge_layers(schema: type, path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML preset ``path`` <- ``key=value`` overrides; one-line :class:`ConfigError`s."""
-    layers: list[tuple[str, DictConfig]] = []
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            layers.append((str(p), OmegaConf.load(p)))
-        except Exception as e:  # yaml errors
-            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    sections = {k.split(".", 1)[0]: k for k in reversed(known_keys(schema)) if "." in k}  # section -> its first key
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=500)")
-        if (key := item.split("=", 1)[0].strip()) in sections:
-            raise ConfigError(f"override {item!r}: {key} is a section; set its keys, e.g. {sections[key]}=...")
-        try:
-            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        except Exception as e:  # OmegaConf grammar errors, and anything else it raises on odd text
-            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
-    merged = OmegaConf.structured(schema)
-    for where, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            raise _friendly(e, where, schema) from None
-        except (TypeError, ValueError) as e:  # e.g. a list merged into a dict field
-            raise ConfigError(f"{where}: {_first_line(e)}") from None
-    return merged
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def to_dataclass(merged: DictConfig, schema: type) -> Any:
-    try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise _friendly(e, "config", schema) from None
-    except (TypeError, ValueError) as e:  # a resolver or conversion failing outside OmegaConf's own errors
-        raise ConfigError(f"config: {_first_line(e)}") from None
-
-
-def _validate(cfg: Config) -> None:
-    from fdistill import methods
-    from fdistill.core import divergences
-
-    for key, accepted in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in accepted:
-            raise ConfigError(f"{key}={value!r} is not accepted; choose one of: {', '.join(accepted)}")
-    if cfg.method.name not in methods.names():
-        raise ConfigError(
-            f"method.name={cfg.method.name!r} is unknown; registered methods: {', '.join(methods.names())}"
-        )
-    if cfg.method.divergence not in divergences.names():
-        raise ConfigError(
-            f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
-        )
-    apply_recipe(cfg)
-    from fdistill.data import DATASETS
-
-    if cfg.data.name not in DATASETS:
-        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; accepted: {', '.join(DATASETS)}")
-    for key in ("data.image_size", "data.limit"):
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1 (or null for the loader's default)")
-    for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.fake_updates"):
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
-    _validate_numbers(cfg)
-    _validate_student_steps(cfg.train)
-    if cfg.train.mixed_precision == "fp16":
-        raise ConfigError(
-            "train.mixed_precision=fp16 is refused: the fake score, discriminator and generator share accelerate's one "
-            "GradScaler, which cannot unscale and skip their steps separately; use bf16 (DMD2: fp16 diverged)"
-        )
-    _validate_sigma(cfg.method)
-    if cfg.teacher.kind == "gmm":
-        _validate_gmm(cfg.teacher)
-
-
-#: numeric keys and the interval they must lie in ("[0, inf)": finite and >= 0; "[0, inf]": inf allowed); null is
-#: accepted where the schema allows it. Everything else that is a float must be finite (see ``INFINITE_OK``).
-RANGES: dict[str, str] = {
-    "train.lr_generator": "[0, inf)",
-    "train.lr_fake": "[0, inf)",
-    "train.lr_disc": "[0, inf)",
-    "train.adam_beta1": "[0, 1)",
-    "train.adam_beta2": "[0, 1)",
-    "train.weight_decay": "[0, inf)",
-    "train.fake_warmup_steps": "[0, inf)",
-    "train.sigma_init": "(0, inf)",
-    "train.ema_decay": "[0, 1]",
-    "train.grad_clip": "[0, inf]",
-    "train.checkpoint_every": "[1, inf)",
-    "train.keep_checkpoints": "[0, inf)",
-    "train.log_every": "[1, inf)",
-    "train.eval_every": "[0, inf)",
-    "train.max_nonfinite": "[1, inf)",
-    "train.max_minutes": "[0, inf]",
-    "train.num_eval_samples": "[1, inf)",
-    "train.num_workers": "[0, inf)",
-    "network.hidden": "[1, inf)",
-    "network.depth": "[1, inf)",
-    "network.sigma_data": "(0, inf)",
-    "teacher.sample_nfe": "[1, inf)",
-    "teacher.lora_rank": "[0, inf)",
-    "teacher.lora_alpha": "(0, inf)",
-    "method.huber_c": "(0, inf)",
-    "method.gan_weight": "[0, inf)",
-    "method.disc_weight": "[0, inf)",
-    "method.logit_clip": "(0, inf]",
-    "method.ratio_min": "(0, inf)",
-    "method.ratio_max": "(0, inf]",
-    "method.ratio_bins": "[0, inf)",
-    "method.ratio_ema": "[0, 1)",
-    "reward.component": "[0, inf)",
-}
-INFINITE_OK = {k for k, interval in RANGES.items() if interval.endswith("inf]")}
-
-
-def _in_interval(value: float, interval: str) -> bool:
-    lo, hi = (float(v) for v in interval[1:-1].split(","))
-    above = value > lo or (interval[0] == "[" and value == lo)
-    below = value < hi or (interval[-1] == "]" and value == hi)
-    return above and below  # NaN is in no interval
-
-
-def _describe(interval: str, value: float) -> str:
-    lo, hi = (v.strip() for v in interval[1:-1].split(","))
-    if hi == "inf":
-        finite = "a finite number " if interval[-1] == ")" and isinstance(value, float) else ""
-        return f"{finite}{'>=' if interval[0] == '[' else '>'} {lo}"
-    return f"in {interval}"
-
-
-def _validate_numbers(cfg: Config) -> None:
-    """Every float is a finite number (NaN and inf only where ``INFINITE_OK``), every ``RANGES`` key in its range."""
-    tree = OmegaConf.structured(cfg)
-    for key in known_keys():
-        value = OmegaConf.select(tree, key)
-        values = value.values() if OmegaConf.is_dict(value) else value if OmegaConf.is_list(value) else [value]
-        flat = [v for item in values for v in (item if OmegaConf.is_list(item) else [item])]
-        if key not in INFINITE_OK and any(isinstance(v, float) and not math.isfinite(v) for v in flat):
-            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            raise ConfigError(f"{key}={shown!r} must be finite (no nan or inf)")
-        if key in RANGES and value is not None and not _in_interval(value, RANGES[key]):
-            raise ConfigError(f"{key}={value!r} must be {_describe(RANGES[key], value)}")
-    t, m = cfg.train, cfg.method
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum={t.grad_accum} "
-                          "(the micro-batch is batch_size / grad_accum)")  # fmt: skip
-    if m.ratio_min > m.ratio_max:
-        raise ConfigError(f"method.ratio_min={m.ratio_min} must be <= method.ratio_max={m.ratio_max}")
-
-
-def _validate_student_steps(t: TrainConfig) -> None:
-    from fdistill.nets.generator import check_student_sigmas
-
-    if t.student_steps < 1:
-        raise ConfigError(f"train.student_steps={t.student_steps} must be >= 1 (1 = the one-step generator)")
-    if t.student_sigmas is None:
-        return
-    if len(t.student_sigmas) != t.student_steps:
-        raise ConfigError(
-            f"train.student_sigmas has {len(t.student_sigmas)} levels but train.student_steps={t.student_steps}; "
-            "give one level per step (or null for the default schedule)"
-        )
-    try:
-        check_student_sigmas(t.student_sigmas, t.sigma_init)
-    except ValueError as e:
-        hint = "; set train.sigma_init to the first level" if "sigma_init" in str(e) else ""
-        raise ConfigError(f"train.student_sigmas={list(t.student_sigmas)}: {e}{hint}") from None
-
-
-def _validate_sigma(m: MethodConfig) -> None:
-    from fdistill.core.noise import SigmaSampler
-
-    for key, kind, extra in (("sigma", m.sigma, ()), ("fake_sigma", m.fake_sigma, ("same",))):
-        if kind is not None and kind not in (*SigmaSampler.KINDS, *extra):
-            raise ConfigError(f"method.{key}={kind!r}; choose one of: {', '.join((*SigmaSampler.KINDS, *extra))}")
-    numeric = [f.name for f in fields(SigmaSampler) if f.name not in ("kind", "timestep_sigmas")]
-    for key in ("sigma_params", "fake_sigma_params"):
-        bad = [k for k in getattr(m, key) if k not in numeric]
-        if bad:
-            raise ConfigError(f"method.{key} has unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(numeric)}")
-
-
-def apply_recipe(cfg: Config) -> Config:
-    """Fill the ``null`` recipe keys with the method's reference values (fdistill/methods/recipes.py); idempotent."""
-    from fdistill import methods
-    from fdistill.methods.recipes import DISC_WEIGHT, recipe_for
-
-    r, t, m = recipe_for(cfg.method.name), cfg.train, cfg.method
-    for key, value in (("sigma_init", r.sigma_init), ("adam_beta1", r.adam_betas[0]), ("adam_beta2", r.adam_betas[1]),
-                       ("weight_decay", r.weight_decay), ("grad_clip", r.grad_clip)):  # fmt: skip
-        if getattr(t, key) is None:
-            setattr(t, key, value)
-    if m.fake_sigma is None:
-        m.fake_sigma = r.fake_sigma
-    if m.disc_weight is None and "disc_weight" in methods.get(m.name).uses:
-        m.disc_weight = DISC_WEIGHT[m.disc_features]
-    return cfg
-
-
-def _validate_gmm(t: TeacherConfig) -> None:
-    if t.means is None:
-        raise ConfigError("teacher.kind=gmm needs teacher.means, a list of points, e.g. teacher.means=[[0,0],[2,2]]")
-    try:
-        means = [[float(v) for v in m] for m in t.means]
-    except (TypeError, ValueError):
-        raise ConfigError(f"teacher.means must be a list of points (lists of numbers), got {t.means!r}") from None
-    k, dims = len(means), {len(m) for m in means}
-    if k == 0 or len(dims) != 1:
-        raise ConfigError(f"teacher.means must hold K >= 1 points of one dimension, got dimensions {sorted(dims)}")
-    for key in ("stds", "weights"):
-        value = getattr(t, key)
-        if value is not None and (
-            not isinstance(value, (list, tuple)) and not OmegaConf.is_list(value) or len(value) != k
-        ):
-            raise ConfigError(f"teacher.{key} must be a list of {k} numbers (one per component), got {value!r}")
-    numbers = {}
-    for key in ("stds", "weights"):
-        value = getattr(t, key)
-        try:
-            numbers[key] = None if value is None else [float(v) for v in value]
-        except (TypeError, ValueError):
-            raise ConfigError(f"teacher.{key} must be a list of {k} numbers, got {value!r}") from None
-    if not all(math.isfinite(v) for m in means for v in m):
-        raise ConfigError(f"teacher.means must be finite, got {means}")
-    stds, weights = numbers["stds"], numbers["weights"]
-    if stds is not None and not all(0 < s < math.inf for s in stds):
-        raise ConfigError(f"teacher.stds must be positive and finite, got {list(t.stds)}")
-    if weights is not None and (not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0):
-        raise ConfigError(f"teacher.weights must be non-negative and finite with a positive sum, got {list(t.weights)}")
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> Config:
-    """Schema defaults <- YAML preset ``path`` <- ``key=value`` overrides, validated."""
-    merged = merge_layers(Config, path, overrides or ())
-    if OmegaConf.is_missing(merged, "name"):
-        merged.name = Path(path).stem if path is not None else "run"
-    cfg: Config = to_dataclass(merged, Config)
-    _validate(cfg)
-    return cfg
-
-
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+"""Typed configurations: the generic facility (:mod:`fdistill.config.schema`) and the distillation run's schema
+(:mod:`fdistill.config.distill`), re-exported here under the names used across the package."""
+
+from fdistill.config.distill import (
+    CHOICES,
+    INFINITE_OK,
+    RANGES,
+    Config,
+    DataConfig,
+    MethodConfig,
+    NetworkConfig,
+    RewardConfig,
+    TeacherConfig,
+    TrainConfig,
+    apply_recipe,
+    load_config,
+    save_config,
+    to_yaml,
+)
+from fdistill.config.schema import (
+    ConfigError,
+    add_flags,
+    from_flags,
+    known_keys,
+    load,
+    merge_layers,
+    opt,
+    options_help,
+    to_dataclass,
+)
+
+__all__ = [
+    "CHOICES",
+    "INFINITE_OK",
+    "RANGES",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "MethodConfig",
+    "NetworkConfig",
+    "RewardConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "add_flags",
+    "apply_recipe",
+    "from_flags",
+    "known_keys",
+    "load",
+    "load_config",
+    "merge_layers",
+    "opt",
+    "options_help",
+    "save_config",
+    "to_dataclass",
+    "to_yaml",
+]

@@ -48,6 +48,8 @@ def load_dataset(
         return load_fashion_mnist(split, root, download, **kwargs)
     if name == "mnist5k":
         return load_mnist5k(root, split="all" if split == "train" else split, **kwargs)
+    # emoji and captioned_folder are imported here, not at the top: both run as ``python -m fdistill.data.X``,
+    # which warns when the package has already imported the module it is about to run
     if name == "emoji":
         from fdistill.data.emoji import load_emoji
 

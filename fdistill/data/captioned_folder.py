@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fdistill.data.emoji import write_prompts
 from fdistill.data.fashion_mnist import ImageTensorDataset
 
 log = logging.getLogger("fdistill")
@@ -296,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     gib = memory_bytes(n, args.size) / 1024**3
     print(f"{n} images, {len(prompts)} unique captions in {folder} ({gib:.2f} GiB in memory at {args.size}px)")
     if args.prompts:
-        from fdistill.data.emoji import write_prompts
-
         print(f"wrote {write_prompts(prompts, args.prompts)}")
     return 0
 

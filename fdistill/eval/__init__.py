@@ -1,1 +1,6 @@
-"""Evaluation commands: FID/KID/precision-recall of students, folders and teachers; text-to-image metrics."""
+"""Evaluation commands: FID/KID/precision-recall of students, folders and teachers; text-to-image metrics.
+
+``fdistill eval`` is :mod:`fdistill.eval.images` (sources: :mod:`~fdistill.eval.sources`, references:
+:mod:`~fdistill.eval.references`, metrics: :mod:`~fdistill.eval.fid_eval`); ``fdistill eval-t2i`` is the package
+:mod:`fdistill.eval.t2i`.
+"""

@@ -30,18 +30,17 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fdistill.export.pipeline import model_card
+from fdistill.nets.text_encoders import load_text_encoder
 
-__all__ = ["evaluate_latent_run", "export_sd_student", "one_step_kwargs", "student_timestep"]
+__all__ = ["export_sd_student", "one_step_kwargs", "student_timestep"]
 
 EXPORT_FILE = "fdistill_export.json"
-log = logging.getLogger("fdistill")
 
 
 def student_timestep(teacher, sigma_init: float, tol: float = 0.01) -> int:
@@ -80,8 +79,6 @@ def _frozen_component(teacher, name: str, dtype: torch.dtype) -> nn.Module:
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(path, subfolder=folder, torch_dtype=dtype, variant=variant)
-    from fdistill.nets.text_encoders import load_text_encoder
-
     local = Path(path).expanduser() / folder
     if local.is_dir():
         return load_text_encoder(local, type(module), variant=variant).to(dtype)
@@ -182,79 +179,3 @@ def export_sd_student(
     (path / "README.md").write_text(model_card(full))
     (path / "card.json").write_text(json.dumps({k: v for k, v in full.items() if k != "usage"}, indent=2))
     return path
-
-
-# ---- end-of-run outputs of a latent distillation run (called by the trainer's evaluation hook) -------
-
-
-@torch.no_grad()
-def evaluate_latent_run(distiller, final: bool) -> dict:
-    """Sample grid of decoded images (teacher at its NFE above the one-step student when ``final``), the CLIP /
-    preference reward of the student samples when the run has one, and the exported pipeline when ``final``."""
-    import time
-
-    from fdistill.metrics.plots import image_grid
-    from fdistill.rewards import CLIPReward
-    from fdistill.train.run_eval import grid_labels
-
-    t0 = time.perf_counter()
-    cfg, teacher, run_dir = distiller.cfg, distiller.teacher, Path(distiller.run_dir)
-    n = max(1, min(64, cfg.train.num_eval_samples))
-    latents, cond = distiller.sample_student(n, seed=cfg.seed + 12345)
-    images = _decode(teacher, latents)
-    result: dict = {
-        "step": distiller.state.step,
-        "images_seen": distiller.state.images_seen,
-        "latent_mean": float(latents.mean()),
-        "latent_std": float(latents.std()),
-    }
-    rows = [images.cpu()]
-    if final:
-        gen = torch.Generator().manual_seed(cfg.seed + 12345)
-        ref = teacher.sample(
-            n,
-            cond,
-            nfe=cfg.teacher.sample_nfe,
-            guidance=distiller.method.teacher_guidance,
-            generator=gen,
-            device=latents.device,
-        )
-        rows.insert(0, _decode(teacher, ref).cpu())
-    name = "samples.png" if final else f"samples_{distiller.state.step:08d}.png"
-    labels = grid_labels(cfg.teacher.sample_nfe if final else None, distiller.ema.model.steps)
-    image_grid([r.clamp(-1, 1) for r in rows], labels=labels).save(run_dir / name)
-    if isinstance(distiller.reward, CLIPReward):
-        result["reward"] = float(distiller.reward(latents, cond).mean())
-    if final and distiller.accelerator.is_main_process:
-        card = {
-            "teacher": f"latent:{cfg.teacher.path}",
-            "method": cfg.method.name,
-            "divergence": cfg.method.divergence if cfg.method.name in ("fdistill", "uni_instruct") else "n/a",
-            "teacher CFG (w=1 off)": distiller.method.teacher_guidance,
-            "steps": distiller.state.step,
-            "images_seen": distiller.state.images_seen,
-            "batch_size": cfg.train.batch_size,
-            "lr_generator": cfg.train.lr_generator,
-            "lr_fake": cfg.train.lr_fake,
-            "reward": result.get("reward", "not measured"),
-            "config": "config.yaml in the run directory",
-        }
-        try:
-            export_sd_student(
-                distiller.ema.model,
-                teacher,
-                run_dir / "student",
-                cfg.train.sigma_init,
-                card,
-                input_scaling=cfg.train.generator_input,
-            )
-            result["exported"] = str(run_dir / "student")
-        except ValueError as e:  # VE input or a non-integer timestep: keep the run's results, say why
-            log.warning("student not exported as a stock pipeline: %s", e)
-            result["exported"] = f"no: {e}"
-    result["eval_seconds"] = time.perf_counter() - t0
-    return result
-
-
-def _decode(teacher, latents: Tensor, batch: int = 16) -> Tensor:
-    return torch.cat([teacher.decode(c) for c in latents.split(batch)])

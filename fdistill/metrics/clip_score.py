@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fdistill.metrics.inception import quantize_uint8
+
 
 class CLIPWeightsNotFound(FileNotFoundError):
     """No CLIP weights at the given path / hub id (or offline without them in the cache)."""
@@ -118,8 +120,6 @@ def make_clip_score(model: str | Path | tuple[nn.Module, object], device: str | 
 def _to_uint8(images: Tensor) -> Tensor:
     if images.dtype == torch.uint8:
         return images
-    from fdistill.metrics.inception import quantize_uint8
-
     return quantize_uint8(images, (-1.0, 1.0))
 
 

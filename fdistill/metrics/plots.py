@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,25 @@ def image_grid(rows: list[torch.Tensor], pad: int = 2, labels: Sequence[str | No
     if len(labels) != len(rows):
         raise ValueError(f"image_grid: {len(labels)} labels for {len(rows)} row blocks")
     return _label_strip(image, [b.shape[0] for b in blocks], list(labels), pad)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, padding: int = 2) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid with ``nrow`` images per row (PIL, no torchvision)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    ncol = nrow
+    nrows = math.ceil(n / ncol)
+    grid = torch.zeros(c, nrows * (h + padding) + padding, ncol * (w + padding) + padding, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top : top + h, left : left + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
 
 
 def label_strip_width(labels: Sequence[str | None], pad: int = 2) -> int:

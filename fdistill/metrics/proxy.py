@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fdistill.data.fashion_mnist import load_fashion_mnist
 from fdistill.metrics.fid import FeatureStats, ProtocolMismatchError, cache_dir, frechet_distance, precision_recall
 from fdistill.metrics.inception import quantize_uint8
 
@@ -203,8 +204,6 @@ class ProxyFID:
                     f"proxy_fid reference {self.reference!r}; accepted: 'fashion_mnist:test', 'fashion_mnist:train' "
                     "or a tensor of images"
                 )
-            from fdistill.data.fashion_mnist import load_fashion_mnist
-
             ref = load_fashion_mnist(split, pad_to=IMAGE_SIZE).images
         return ref[: self.num_reference] if self.num_reference else ref
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from fdistill.teachers.base import Teacher
+from fdistill.teachers.gmm import gaussian_mixture_from_config
 
 
 def build_teacher(cfg) -> Teacher:
     """Teacher from a full :class:`fdistill.config.Config` (``teacher.kind`` = gmm | unet | latent)."""
     kind = cfg.teacher.kind
     if kind == "gmm":
-        from fdistill.teachers.gmm import gaussian_mixture_from_config
-
         return gaussian_mixture_from_config(cfg.teacher, cfg.network)
+    # the diffusers-backed adapters are imported only when chosen: importing diffusers takes seconds, and the
+    # analytic teacher (and everything that only needs ``Teacher``) does without it
     if kind == "unet":
         from fdistill.teachers.diffusers import load_teacher
 

@@ -14,7 +14,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from fdistill.core.guidance import guided
 from fdistill.core.noise import SIGMA_MAX, SIGMA_MIN, append_dims
+from fdistill.core.sampling import edm_heun_sampler
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
@@ -53,12 +55,9 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
     def denoise(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None = None, guidance: float = 1.0) -> Tensor:
-        """Guided denoiser ``D_c + (w - 1)(D_c - D_u)``; plain ``D_c`` when ``w == 1`` or ``cond is None``."""
-        d_c = self.denoise_cond(x_t, sigma, cond)
-        if guidance == 1.0 or cond is None:
-            return d_c
-        d_u = self.denoise_cond(x_t, sigma, None)
-        return d_c + (guidance - 1.0) * (d_c - d_u)
+        """Guided denoiser ``D_u + w (D_c - D_u)`` (:func:`fdistill.core.guidance.guided`); plain ``D_c`` when
+        ``w == 1`` or ``cond is None``."""
+        return guided(self.denoise_cond, x_t, sigma, cond, guidance)
 
     def score(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None = None, guidance: float = 1.0) -> Tensor:
         s2 = append_dims(sigma, x_t.ndim) ** 2
@@ -89,8 +88,6 @@ class Teacher(nn.Module):
         device: torch.device | str = "cpu",
     ) -> Tensor:
         """Teacher samples with the EDM Heun sampler (Karras et al. 2022, Alg. 1) at ``nfe`` evaluations."""
-        from fdistill.core.sampling import edm_heun_sampler
-
         return edm_heun_sampler(
             lambda x, s: self.denoise(x, s, cond, guidance),
             (n, *self.sample_shape),

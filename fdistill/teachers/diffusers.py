@@ -14,7 +14,8 @@ Two kinds of network are accepted:
 
 The teacher is frozen (``requires_grad=False``, always in eval mode) but differentiable with respect to its
 input, since SiD / SIM / Uni-Instruct back-propagate through it. Classifier-free guidance
-``D_c + (w - 1)(D_c - D_u)`` (``w = 1`` off) is inherited from :meth:`Teacher.denoise`.
+``D_u + w (D_c - D_u)`` (``w = 1`` off, :mod:`fdistill.core.guidance`) is inherited from :meth:`Teacher.denoise`;
+the sigma <-> timestep map is :mod:`fdistill.core.schedules`.
 :meth:`UNetTeacher.make_network` returns a trainable copy of the network: the one-step generator and the fake
 score are initialised from it (docs/math.md §5.1).
 """
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from fdistill.core.noise import append_dims
+from fdistill.core.schedules import ddpm_sigmas, sigma_to_timestep, timestep_to_sigma
 from fdistill.nets.unet import EDMUNet, unet2d_encoder_features
 from fdistill.teachers.base import Teacher
 
@@ -76,10 +78,9 @@ class VPUNetDenoiser(nn.Module):
             raise ValueError(f"timestep_mode={timestep_mode!r}; accepted: interp, nearest")
         self.unet = unet
         self.prediction_type, self.timestep_mode, self.null_label = prediction_type, timestep_mode, null_label
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        # log sigma_t = 0.5 * log((1 - abar) / abar): increasing in t for every DDPM schedule. A plain float32
-        # attribute, not a buffer, so that casting a bf16/fp16 teacher leaves the timestep table exact.
-        self.log_sigmas = (0.5 * ((1 - abar) / abar).log()).float()
+        # log sigma_t, increasing in t for every DDPM schedule. A plain float32 attribute, not a buffer, so that
+        # casting a bf16/fp16 teacher leaves the timestep table exact.
+        self.log_sigmas = ddpm_sigmas(torch.as_tensor(alphas_cumprod)).log().float()
         n_embeds = getattr(unet.config, "num_class_embeds", None) if hasattr(unet, "config") else None
         if num_classes is None:
             num_classes = int(n_embeds or 0)
@@ -99,21 +100,12 @@ class VPUNetDenoiser(nn.Module):
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """The (fractional) timestep whose ``sqrt((1 - abar_t) / abar_t)`` equals ``sigma`` (clamped to [0, T-1])."""
-        ls = self.log_sigmas.to(sigma.device)
-        log_sigma = sigma.float().clamp_min(1e-20).log()
-        hi = torch.searchsorted(ls, log_sigma.contiguous()).clamp(1, ls.shape[0] - 1)
-        lo = hi - 1
-        w = ((log_sigma - ls[lo]) / (ls[hi] - ls[lo])).clamp(0, 1)
-        t = lo.float() + w
+        t = sigma_to_timestep(sigma, self.log_sigmas).float()
         return t.round() if self.timestep_mode == "nearest" else t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """Inverse of :meth:`sigma_to_t` (log-linear between table entries)."""
-        ls = self.log_sigmas.to(t.device)
-        t = t.float().clamp(0, ls.shape[0] - 1)
-        lo = t.floor().long().clamp(max=ls.shape[0] - 2)
-        w = t - lo.float()
-        return ((1 - w) * ls[lo] + w * ls[lo + 1]).exp()
+        return timestep_to_sigma(t, self.log_sigmas.to(t.device)).float()
 
     def _labels(self, cond: Tensor | None, n: int, device: torch.device) -> Tensor | None:
         if getattr(self.unet, "class_embedding", None) is None:

@@ -39,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fdistill.core.guidance import combine as guidance_combine
 from fdistill.core.noise import append_dims
 from fdistill.core.schedules import ddpm_sigmas, sigma_to_timestep, timestep_to_sigma
+from fdistill.teachers.autoencoder import vae_decode, vae_encode, vae_factors
 from fdistill.teachers.base import Teacher
+from fdistill.teachers.prompts import PromptTable, read_prompts
 
 __all__ = [
     "LORA_TARGETS",
@@ -51,10 +54,9 @@ __all__ = [
     "ddpm_sigmas",
     "load_latent_teacher",
     "read_prompts",
-    "save_tiny_latent_teacher",
     "sigma_to_timestep",
-    "tiny_clip_tokenizer",
     "timestep_to_sigma",
+    "transformers_class",
     "vae_decode",
     "vae_encode",
     "vae_factors",
@@ -80,115 +82,6 @@ LORA_TARGETS = (
 )
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-# ---- VP <-> VE on a discrete DDPM schedule -----------------------------------------------------------
-
-
-# ---- prompts --------------------------------------------------------------------------------------
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt a line (surrounding whitespace stripped, empty lines skipped)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"teacher.prompts_file={str(path)!r} not found (a text file with one prompt a line)")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-class PromptTable:
-    """Prompt ids -> text-encoder hidden states ``(B, L, D)``, encoded like ``StableDiffusionPipeline.encode_prompt``
-    and cached on first use.
-
-    Id ``len(prompts)`` (and ``cond=None``) is the empty prompt ``""``, the unconditional branch. With ``cache``
-    the embeddings live in one lazily filled ``(N + 1, L, D)`` buffer on the text encoder's device (in its dtype:
-    ``N * L * D`` values, e.g. 10k SD prompts = 1.2 GB in bf16); without it every call runs the text encoder.
-    The table is shared, not copied, by ``copy.deepcopy`` (the EMA of a generator shares its teacher's prompts).
-    """
-
-    def __init__(self, prompts: Sequence[str], tokenizer, text_encoder: nn.Module, cache: bool = True) -> None:
-        self.prompts = list(prompts)
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self.cache = cache
-        self.index = {}
-        for i, p in enumerate(self.prompts):
-            self.index.setdefault(p, i)
-        self._table: Tensor | None = None
-        self._filled: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __deepcopy__(self, memo) -> PromptTable:
-        return self
-
-    @property
-    def null_id(self) -> int:
-        return len(self.prompts)
-
-    def text(self, i: int) -> str:
-        return "" if i == self.null_id else self.prompts[i]
-
-    def ids_for(self, texts: Sequence[str]) -> Tensor:
-        """Prompt ids of ``texts`` (``""`` is the null id); a text missing from the table is one clear error."""
-        out = []
-        for t in texts:
-            if t == "":
-                out.append(self.null_id)
-            elif t in self.index:
-                out.append(self.index[t])
-            else:
-                raise KeyError(f"prompt {t!r} is not in the teacher's prompt table ({len(self)} prompts)")
-        return torch.tensor(out, dtype=torch.long)
-
-    @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> Tensor:
-        """``text_encoder(tokenizer(texts, padding='max_length', truncation=True)).last_hidden_state`` — the
-        stock pipeline's prompt encoding (attention mask passed to the text encoder only when its config sets
-        ``use_attention_mask``, as diffusers does), so an exported student sees the same embeddings."""
-        tok = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        enc = self.text_encoder
-        device = next(enc.parameters()).device
-        mask = tok.attention_mask.to(device) if getattr(enc.config, "use_attention_mask", False) else None
-        return enc(tok.input_ids.to(device), attention_mask=mask)[0]
-
-    def _check(self, ids: Tensor) -> None:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > self.null_id):
-            raise IndexError(
-                f"prompt ids must lie in 0..{self.null_id} ({self.null_id} = empty prompt), got "
-                f"{int(ids.min())}..{int(ids.max())}"
-            )
-
-    def embeddings(self, cond: Tensor | None, batch: int, device: torch.device | str) -> Tensor:
-        """Hidden states for a batch of prompt ids (``None`` = empty prompt for all ``batch`` samples)."""
-        ids = torch.full((batch,), self.null_id, dtype=torch.long) if cond is None else cond.long().reshape(-1)
-        self._check(ids)
-        if not self.cache:
-            return self.encode([self.text(int(i)) for i in ids.tolist()]).to(device)
-        # the cache is a normal tensor even when first filled under torch.inference_mode (sampling, pipelines)
-        with torch.inference_mode(False), torch.no_grad():
-            enc_device = next(self.text_encoder.parameters()).device
-            if self._table is None:
-                empty = self.encode([""]).clone()
-                self._table = empty.new_zeros((self.null_id + 1, *empty.shape[1:]))
-                self._filled = torch.zeros(self.null_id + 1, dtype=torch.bool, device=enc_device)
-                self._table[self.null_id] = empty[0]
-                self._filled[self.null_id] = True
-            elif self._table.device != enc_device:
-                self._table, self._filled = self._table.to(enc_device), self._filled.to(enc_device)
-            ids = ids.to(enc_device).clone()
-            missing = ids[~self._filled[ids]].unique()
-            for chunk in missing.split(256) if missing.numel() else ():
-                self._table[chunk] = self.encode([self.text(int(i)) for i in chunk.tolist()]).to(self._table.dtype)
-                self._filled[chunk] = True
-        return self._table[ids].to(device)
 
 
 # ---- the denoiser wrapper --------------------------------------------------------------------------
@@ -281,40 +174,6 @@ class LatentDenoiserNet(nn.Module):
             else:
                 feats.append(unet.mid_block(h, emb))
         return [f.float() for f in feats]
-
-
-# ---- the autoencoder -------------------------------------------------------------------------------
-
-
-def vae_factors(vae: nn.Module) -> tuple[float, float]:
-    """``(scaling_factor, shift_factor)`` of a diffusers VAE (no shift = 0, as in SD 1.x/2.x)."""
-    cfg = vae.config
-    return float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0)
-
-
-def vae_decode(vae: nn.Module, latents: Tensor) -> Tensor:
-    """Images in about ``[-1, 1]`` from latents ``scaling_factor * (E(x) - shift)`` (differentiable, not clamped)."""
-    scale, shift = vae_factors(vae)
-    return vae.decode((latents.float() / scale + shift).to(vae.dtype)).sample.float()
-
-
-@torch.no_grad()
-def vae_encode(
-    vae: nn.Module,
-    images: Tensor,
-    sample: bool = False,
-    generator: torch.Generator | None = None,
-    batch_size: int = 64,
-) -> Tensor:
-    """Latents ``scaling_factor * (E(x) - shift)`` of images in ``[-1, 1]`` (posterior mean, or a sample), in
-    float32 on the VAE's device."""
-    scale, shift = vae_factors(vae)
-    out = []
-    for chunk in images.split(batch_size):
-        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        out.append((z.float() - shift) * scale)
-    return torch.cat(out)
 
 
 # ---- the teacher -----------------------------------------------------------------------------------
@@ -411,7 +270,7 @@ class LatentTeacher(Teacher):
         sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(b)
         null = torch.full_like(cond, self.null_id)
         d_c, d_u = self.net(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond, null])).chunk(2)
-        return d_u + guidance * (d_c - d_u)
+        return guidance_combine(d_c, d_u, guidance)
 
     def features(self, x_t: Tensor, sigma: Tensor, cond: Tensor | None = None) -> list[Tensor]:
         return self.net.features(x_t, sigma, cond)
@@ -500,8 +359,10 @@ def _join(sub: str | None, name: str) -> str:
     return f"{sub}/{name}" if sub else name
 
 
-def _transformers_class(root: str, sub: str | None, name: str, fallback: str):
-    """The transformers class ``model_index.json`` names for component ``name`` (else ``fallback``)."""
+def transformers_class(root: str, sub: str | None, name: str, fallback: str):
+    """The ``transformers`` class that ``ROOT/SUB/model_index.json`` names for component ``name`` (e.g.
+    ``text_encoder`` -> ``CLIPTextModel``), else ``transformers.<fallback>`` (no index, no such entry, or a class
+    this ``transformers`` lacks). ``transformers`` is imported here, on first use: it is an optional heavy import."""
     import transformers
 
     index = Path(root).expanduser() / (sub or "") / "model_index.json"
@@ -550,7 +411,7 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
             root, subfolder=_join(sub, "unet"), torch_dtype=dtype, variant=variant
         )
         vae = AutoencoderKL.from_pretrained(root, subfolder=_join(sub, "vae"), torch_dtype=dtype, variant=variant)
-        enc_cls = _transformers_class(root, sub, "text_encoder", "AutoModel")
+        enc_cls = transformers_class(root, sub, "text_encoder", "AutoModel")
         te_dir = Path(root) / _join(sub, "text_encoder")
         if te_dir.is_dir():  # local: also folders shipped without the packaged MiniLM weights (text_encoders.py)
             from fdistill.nets.text_encoders import load_text_encoder
@@ -559,7 +420,7 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
         else:
             text_encoder = enc_cls.from_pretrained(root, subfolder=_join(sub, "text_encoder"), variant=variant)
             text_encoder = text_encoder.to(dtype)
-        tok_cls = _transformers_class(root, sub, "tokenizer", "AutoTokenizer")
+        tok_cls = transformers_class(root, sub, "tokenizer", "AutoTokenizer")
         tokenizer = tok_cls.from_pretrained(root, subfolder=_join(sub, "tokenizer"))
         sched_cfg = DDPMScheduler.load_config(root, subfolder=_join(sub, "scheduler"))
     except OSError as e:
@@ -582,105 +443,3 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
         gradient_checkpointing=getattr(tc, "gradient_checkpointing", False),
         source=(root, sub, variant),
     )
-
-
-# ---- a tiny random teacher folder (tests, smoke runs, CI) ------------------------------------------
-
-
-_TINY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-&():/"
-
-
-def tiny_clip_tokenizer(folder: Path, max_length: int):
-    """A character-level ``CLIPTokenizer`` (every char and char+``</w>``, no merges) built offline."""
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for c in _TINY_CHARS:
-            vocab[c + suffix] = len(vocab)
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-
-
-def save_tiny_latent_teacher(
-    path: str | Path,
-    seed: int = 0,
-    latent_size: int = 8,
-    prediction_type: str = "epsilon",
-    max_length: int = 8,
-    hidden: int = 16,
-) -> Path:
-    """Write a tiny randomly initialised SD-style folder (``model_index.json`` + the five subfolders) that
-    :func:`load_latent_teacher` and ``DiffusionPipeline.from_pretrained`` both load: a 2-level
-    ``UNet2DConditionModel`` on ``4 x latent_size^2`` latents, a 2-level ``AutoencoderKL`` (images
-    ``2 * latent_size`` square), a 1-layer ``CLIPTextModel`` with a character tokenizer, a ``DDPMScheduler``
-    (SD's scaled-linear betas). For tests and smoke runs only: the weights are random."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    path = Path(path)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=latent_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=hidden,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=4,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=2 * latent_size,
-    )
-    tokenizer = tiny_clip_tokenizer(path / "_vocab", max_length)
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=max_length,
-            bos_token_id=eos - 1,
-            eos_token_id=eos,
-            pad_token_id=eos,
-        )
-    )
-    scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        prediction_type=prediction_type,
-        clip_sample=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path, safe_serialization=True)
-    for f in (path / "_vocab").iterdir():
-        f.unlink()
-    (path / "_vocab").rmdir()
-    return path

@@ -74,6 +74,22 @@ class TrainState:
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
 
 
+class DistillState(TrainState):
+    """:class:`TrainState` plus the length of ``metrics.jsonl`` when the checkpoint was written: a resumed run drops
+    the rows logged after it (:func:`fdistill.train.metrics_log.truncate_metrics`); -1 in older checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics_bytes = -1
+
+    def state_dict(self) -> dict[str, int]:
+        return {**super().state_dict(), "metrics_bytes": self.metrics_bytes}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self.metrics_bytes = int(state.get("metrics_bytes", -1))
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Every ``checkpoints/step_XXXXXXXX`` folder, oldest first (complete or not: see :func:`check_checkpoint`)."""
     root = Path(run_dir) / "checkpoints"

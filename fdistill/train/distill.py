@@ -32,28 +32,23 @@ import contextlib
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fdistill import methods
-from fdistill.config import Config, ConfigError, MethodConfig, apply_recipe, save_config
+from fdistill.config import Config, ConfigError, apply_recipe, save_config
 from fdistill.core.noise import SigmaSampler, append_dims, denoising_score_matching_loss
-from fdistill.methods.base import GeneratorInputs, Method
-from fdistill.nets.discriminator import DiscriminatorHead
-from fdistill.nets.generator import OneStepGenerator, default_student_sigmas
+from fdistill.methods.base import GeneratorInputs
 from fdistill.rewards import build_reward
-from fdistill.teachers import Teacher, build_teacher
+from fdistill.teachers import build_teacher
 from fdistill.train.checkpoint import (
-    TrainState,
+    DistillState,
     any_process,
     list_checkpoints,
     load_checkpoint,
@@ -61,30 +56,15 @@ from fdistill.train.checkpoint import (
     save_checkpoint,
 )
 from fdistill.train.ema import EMA
-from fdistill.train.metrics_log import MetricsLog, truncate_metrics
-from fdistill.train.signals import GracefulStop, stopped_message
+from fdistill.train.latent_eval import evaluate_latent_run
+from fdistill.train.loop import Budget, GracefulStop, NonFiniteError, step_generator, stopped_message, truncate_metrics
+from fdistill.train.metrics_log import MetricsLog, flat_hparams
+from fdistill.train.networks import RealData, build_networks, warn_ignored_method_fields
+from fdistill.train.run_eval import EvalInputs, ScorerCache, evaluate_run
+
+__all__ = ["Distiller", "NonFiniteError", "RealData", "distill", "frozen"]  # RealData: re-exported for callers
 
 log = logging.getLogger("fdistill")
-
-
-class DistillState(TrainState):
-    """:class:`TrainState` plus the length of ``metrics.jsonl`` when the checkpoint was written: a resumed run drops
-    the rows logged after it (:func:`fdistill.train.metrics_log.truncate_metrics`); -1 in older checkpoints."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics_bytes = -1
-
-    def state_dict(self) -> dict[str, int]:
-        return {**super().state_dict(), "metrics_bytes": self.metrics_bytes}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        super().load_state_dict(state)
-        self.metrics_bytes = int(state.get("metrics_bytes", -1))
-
-
-class NonFiniteError(RuntimeError):
-    """Raised after ``train.max_nonfinite`` consecutive non-finite steps."""
 
 
 @contextlib.contextmanager
@@ -100,124 +80,7 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-#: ``method.*`` keys the trainer reads for every method
-TRAINER_METHOD_KEYS = ("name", "sigma", "sigma_params", "fake_sigma", "fake_sigma_params")
-
-
-def warn_ignored_method_fields(cfg: MethodConfig, method: Method) -> list[str]:
-    """Names of ``method.*`` fields set away from their defaults that the chosen method does not read."""
-    default = MethodConfig()
-    ignored = [
-        f.name
-        for f in fields(MethodConfig)
-        if f.name not in (*method.uses, *TRAINER_METHOD_KEYS) and getattr(cfg, f.name) != getattr(default, f.name)
-    ]
-    if ignored:
-        log.warning("method %s ignores: %s", cfg.name, ", ".join(f"method.{n}" for n in ignored))
-    return ignored
-
-
-class RealData:
-    """Samples of the teacher's data distribution, drawn with an explicit generator (resumable)."""
-
-    def __init__(self, cfg: Config, teacher: Teacher) -> None:
-        self.teacher = teacher
-        self.images: Tensor | None = None
-        self.labels: Tensor | None = None
-        if cfg.teacher.kind != "gmm":
-            from fdistill.data import load_dataset
-
-            extra = {}
-            if cfg.data.name in ("emoji", "captioned_folder"):  # in-memory image-caption sets: side and count
-                extra = {k: v for k, v in (("size", cfg.data.image_size), ("limit", cfg.data.limit)) if v is not None}
-            ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train", **extra)
-            self.images, self.labels = ds.images, ds.labels
-            if hasattr(teacher, "encode_dataset"):  # latent teachers: real samples live in latent space
-                self.images, self.labels = teacher.encode_dataset(ds)
-
-    def sample(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor | None]:
-        if self.images is None:
-            cond = self.teacher.sample_labels(n, gen, "cpu")
-            x = self.teacher.sample_data(n, cond, gen, "cpu")
-            return x.to(device), None if cond is None else cond.to(device)
-        idx = torch.randint(0, self.images.shape[0], (n,), generator=gen)
-        cond = self.labels[idx].to(device) if self.teacher.num_classes else None
-        return self.images[idx].to(device), cond
-
-
-@dataclass
-class Networks:
-    generator: nn.Module
-    fake: nn.Module
-    discriminator: DiscriminatorHead | None
-
-
-def student_sigmas(cfg: Config, teacher: Teacher) -> list[float]:
-    """The student's K levels: ``train.student_sigmas``, or the default schedule for ``train.student_steps`` at the
-    teacher's data scale (:func:`fdistill.nets.generator.default_student_sigmas`); ``[sigma_init]`` for K = 1."""
-    tc = cfg.train
-    if tc.student_sigmas is not None:
-        return [float(s) for s in tc.student_sigmas]
-    return default_student_sigmas(tc.sigma_init, tc.student_steps, teacher.sigma_data, teacher.sigma_min)
-
-
-def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
-    """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
-    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input,
-                                 student_sigmas(cfg, teacher))  # fmt: skip
-    if cfg.train.init_generator:
-        load_generator_weights(generator, cfg.train.init_generator)
-    fake = teacher.make_network()
-    disc = None
-    if method.needs_discriminator:
-        source = fake if cfg.method.disc_features == "fake" else teacher
-        device = next(iter(source.buffers()), next(source.parameters(), torch.zeros(0))).device
-        probe_x = torch.zeros(2, *teacher.sample_shape, device=device)
-        probe_c = teacher.sample_labels(2, device=device)
-        with torch.no_grad():
-            feats = source.features(probe_x, torch.ones(2), probe_c)
-        disc = DiscriminatorHead.for_features(feats)
-    return Networks(generator, fake, disc)
-
-
-def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
-    """Load an exported student's ``unet/`` weights (a :class:`fdistill.export.pipeline.OneStepPipeline` or a stock SD
-    folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
-    from an
-    already distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder).expanduser()
-    files = sorted((folder / "unet").glob("*.safetensors")) if (folder / "unet").is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"train.init_generator={str(folder)!r}: no unet/*.safetensors (an exported student)")
-    state: dict[str, Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    net = generator.net
-    target = getattr(net, "unet", net)
-    if getattr(target, "peft_config", None):
-        raise ValueError("train.init_generator cannot be combined with teacher.lora_rank > 0 (fused weights)")
-    try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"train.init_generator={str(folder)!r} does not match the teacher's network: {e}") from None
-    if missing or unexpected:
-        raise ValueError(
-            f"train.init_generator={str(folder)!r} does not match the teacher's network: "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    log.info("generator initialised from %s", folder)
-
-
 _GLOBAL_PHASE = 1_000_000  # torch's global RNG of a step (phases: 0 generator, 1 + k the k-th fake update)
-
-
-def _step_generator(seed: int, step: int, phase: int, rank: int, micro: int = 0) -> torch.Generator:
-    """The generator of every draw of one (step, phase, micro-batch, process): seeded by a hash of the five
-    (numpy's SeedSequence), so no two of them replay each other's noise, whatever the counts."""
-    words = np.random.SeedSequence([seed % 2**32, step, phase, micro, rank]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
 def _grads_finite(module: nn.Module | None) -> bool:
@@ -277,6 +140,7 @@ class Distiller:
         if acc.is_main_process:
             self._drop_metrics_after(ckpt)
         self.metrics = MetricsLog(acc, self.run_dir)
+        self.scorers = ScorerCache()
 
     def _drop_metrics_after(self, ckpt: Path | None) -> None:
         """``metrics.jsonl`` keeps the rows up to the state the run starts from: those logged before the resumed
@@ -352,7 +216,7 @@ class Distiller:
         modules = [m for m in (self.fake, self.disc) if m is not None]
         self._train_only(*modules)
         for i in range(tc.grad_accum):
-            gen = _step_generator(self.cfg.seed, step, 1 + k, acc.process_index, i)
+            gen = step_generator(self.cfg.seed, step, 1 + k, acc.process_index, i)
             z, cond = self._latents(micro, gen)
             k_sim, chain_noise = self._chain_draws(micro, gen)  # the student's output at a random step of its chain
             real = None
@@ -404,7 +268,7 @@ class Distiller:
         logs: dict[str, Tensor] = {}
         self._train_only(self.generator)
         for i in range(tc.grad_accum):
-            gen = _step_generator(self.cfg.seed, step, 0, acc.process_index, i)
+            gen = step_generator(self.cfg.seed, step, 0, acc.process_index, i)
             z, cond = self._latents(micro, gen)
             k_sim, chain_noise = self._chain_draws(micro, gen)
             sync = i == tc.grad_accum - 1
@@ -443,8 +307,6 @@ class Distiller:
         forward gathers the sharded parameters)."""
         if module is None:
             return None
-        from accelerate.utils import DistributedType
-
         return (
             module
             if self.accelerator.distributed_type == DistributedType.FSDP
@@ -477,6 +339,28 @@ class Distiller:
 
     # ---- the loop -----------------------------------------------------------------------------
 
+    def train_step(self, step: int) -> tuple[bool, dict]:
+        """One iteration: ``fake_updates`` fake-score (+ discriminator) updates, then the generator update and its
+        EMA (after the warm-up). Returns whether every update was finite, and the logs."""
+        acc, tc = self.accelerator, self.cfg.train
+        torch.manual_seed(step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
+        logs: dict = {}
+        ok = True
+        fake_mods = [m for m in (self.fake, self.disc) if m is not None]
+        fake_opts = [o for o in (self.opt_f, self.opt_d) if o is not None]
+        for k in range(tc.fake_updates):
+            flogs = self.fake_phase(step, k)
+            ok &= self._apply(fake_opts, fake_mods, flogs, "fake")
+            logs.update(flogs)
+        if step >= tc.fake_warmup_steps:
+            glogs = self.generator_phase(step)
+            g_ok = self._apply([self.opt_g], [self.generator], glogs, "generator")
+            if g_ok:
+                self.ema.update(acc.unwrap_model(self.generator))
+            ok &= g_ok
+            logs.update(glogs)
+        return ok, logs
+
     def run(self) -> Path:
         """Train to ``train.steps`` (or the ``train.max_minutes`` budget), checkpointing, then evaluate. SIGTERM /
         SIGINT (:mod:`fdistill.train.signals`) finish the current step, save a checkpoint and return without the
@@ -489,30 +373,15 @@ class Distiller:
 
     def _run(self, stop: GracefulStop) -> Path:
         acc, tc, st = self.accelerator, self.cfg.train, self.state
-        acc.init_trackers("fdistill", config=_flat_hparams(self.cfg))
+        acc.init_trackers("fdistill", config=flat_hparams(self.cfg))
         bar = tqdm(total=tc.steps, initial=st.step, disable=not acc.is_local_main_process, desc="distill",
                    dynamic_ncols=True)  # fmt: skip
-        consecutive_bad, t0, s0, last_eval = 0, time.perf_counter(), st.step, {}
+        consecutive_bad, budget, s0, last_eval = 0, Budget(tc.max_minutes), st.step, {}
         if st.step == 0 and tc.eval_every:
             last_eval = self.evaluate(final=False)  # the starting point, to measure improvement against
         while st.step < tc.steps:
             step = st.step
-            torch.manual_seed(_step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
-            logs: dict = {}
-            ok = True
-            for k in range(tc.fake_updates):
-                flogs = self.fake_phase(step, k)
-                fake_mods = [m for m in (self.fake, self.disc) if m is not None]
-                fake_opts = [o for o in (self.opt_f, self.opt_d) if o is not None]
-                ok &= self._apply(fake_opts, fake_mods, flogs, "fake")
-                logs.update(flogs)
-            if step >= tc.fake_warmup_steps:
-                glogs = self.generator_phase(step)
-                g_ok = self._apply([self.opt_g], [self.generator], glogs, "generator")
-                if g_ok:
-                    self.ema.update(acc.unwrap_model(self.generator))
-                ok &= g_ok
-                logs.update(glogs)
+            ok, logs = self.train_step(step)
             st.step += 1
             st.images_seen += tc.batch_size * acc.num_processes
             if ok:
@@ -532,17 +401,15 @@ class Distiller:
                     )
             bar.update(1)
             if st.step % tc.log_every == 0 or st.step == tc.steps:
-                rate = (st.step - s0) / max(time.perf_counter() - t0, 1e-9)
+                rate = (st.step - s0) / max(budget.elapsed_s(), 1e-9)
                 row = self.metrics.log(st.step, {**logs, "steps_per_s": rate, "images_seen": st.images_seen,
                                                  "nonfinite_total": st.nonfinite_total})  # fmt: skip
                 post = {k.split("/")[-1]: f"{v:.3g}" for k, v in row.items() if k.startswith("loss/")}
-                bar.set_postfix({**post, **self._budget_postfix(bar, rate, time.perf_counter() - t0, last_eval)})
+                bar.set_postfix({**post, **self._budget_postfix(bar, rate, budget.elapsed_s(), last_eval)})
             if tc.eval_every and st.step % tc.eval_every == 0 and st.step < tc.steps:
                 last_eval = self.evaluate(final=False)
             # any process out of time or signalled stops all of them at the same step
-            out_of_time, stopping = any_process(
-                self.accelerator, tc.max_minutes > 0 and time.perf_counter() - t0 > 60 * tc.max_minutes, stop.requested
-            )
+            out_of_time, stopping = any_process(self.accelerator, budget.spent(), stop.requested)
             if st.step % tc.checkpoint_every == 0 or st.step == tc.steps or out_of_time or stopping:
                 st.metrics_bytes = self.metrics.size()
                 save_checkpoint(acc, self.run_dir, st.step, tc.keep_checkpoints)
@@ -583,31 +450,27 @@ class Distiller:
         return self.ema.model(z, cond, noise=noise).float(), cond
 
     def evaluate(self, final: bool) -> dict[str, float]:
-        from fdistill.train.run_eval import evaluate_run
-
         if not self.accelerator.is_main_process:
             return {}
-        result = evaluate_run(self, final)
+        run = EvalInputs(
+            cfg=self.cfg,
+            teacher=self.teacher,
+            run_dir=self.run_dir,
+            step=self.state.step,
+            images_seen=self.state.images_seen,
+            sample=self.sample_student,
+            student=self.ema.model,
+            device=self.accelerator.device,
+            scorers=self.scorers,
+            guidance=self.method.teacher_guidance,
+            reward=self.reward,
+            is_main=self.accelerator.is_main_process,
+        )
+        result = (evaluate_latent_run if self.cfg.teacher.kind == "latent" else evaluate_run)(run, final)
         self.metrics.log(self.state.step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
         if final:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
-
-
-def _flat_hparams(cfg: Config) -> dict:
-    from omegaconf import OmegaConf
-
-    flat = {}
-
-    def walk(prefix: str, node) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[prefix + k] = v if isinstance(v, int | float | str | bool) else str(v)
-
-    walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
-    return flat
 
 
 def distill(cfg: Config, resume: str | None = None) -> Path:

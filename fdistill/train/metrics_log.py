@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from omegaconf import OmegaConf
 
 
 def to_float(value) -> float:
@@ -72,3 +73,18 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, **{k: v for k, v in row.items() if math.isfinite(v)}}) + "\n")
         self.accelerator.log(row, step=step)
         return row
+
+
+def flat_hparams(cfg: object) -> dict:
+    """A structured config as one flat ``{dotted.key: scalar}`` dict (TensorBoard's hparams; others as text)."""
+    flat = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix + k] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return flat

@@ -20,7 +20,9 @@ Latent Diffusion Models", Sec. 3 and Appendix G; the ``AutoencoderKL`` of Stable
 Every random draw (initialisation, data order, posterior samples) comes from ``seed``. The output folder holds
 ``config.json`` + ``diffusion_pytorch_model.safetensors`` (``AutoencoderKL.from_pretrained(out_dir)``),
 ``training_info.json``, a ``README.md`` card and ``recon.png`` (originals over reconstructions); it is replaced
-atomically. CLI: ``python -m fdistill.train.vae --data emoji --size 32 --out checkpoints/emoji_vae`` (:func:`main`).
+atomically. CLI: ``python -m fdistill.train.vae --data emoji --size 32 --out checkpoints/emoji_vae`` (:func:`main`;
+its flags are the fields of :class:`fdistill.config.vae.VAEConfig`). SIGTERM / SIGINT end training after the current
+step and the folder is written as after a full run (``stopped_by_signal``); there is no resume.
 """
 
 from __future__ import annotations
@@ -35,13 +37,21 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from fdistill.config.args import ArgumentError, OneLineArgumentParser
+from fdistill.config.args import ArgumentError, OneLineArgumentParser, one_line
+from fdistill.config.schema import ConfigError, add_flags, from_flags
+from fdistill.config.vae import SIZED, VAEConfig, VAERecipe, check_config, check_recipe, parse_channels
+from fdistill.data import load_dataset
+from fdistill.metrics.plots import save_image_grid
+from fdistill.train.checkpoint import publish_dir
+from fdistill.train.loop import GracefulStop, NonFiniteError
 
 __all__ = ["build_vae", "fit_vae", "latent_stats", "main", "reconstruction_metrics", "save_vae", "train_vae"]
 
@@ -61,7 +71,7 @@ def build_vae(
     norm_num_groups: int | None = None,
 ):
     """A fresh ``AutoencoderKL`` (SD layout, factor ``2 ** (len(block_out_channels) - 1)``), no mid attention."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: diffusers is heavy to import
 
     blocks = tuple(int(c) for c in block_out_channels)
     if not blocks or min(blocks) < 1:
@@ -95,130 +105,127 @@ def _lr_factor(step: int, warmup: int, progress: float) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
-def fit_vae(
-    images: Tensor,
-    *,
-    steps: int,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    kl_weight: float = 1e-6,
-    block_out_channels: Sequence[int] = (32, 64, 64),
-    latent_channels: int = 4,
-    layers_per_block: int = 1,
-    seed: int = 0,
-    log_every: int = 50,
-    progress: bool = True,
-    max_minutes: float | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[Any, dict]:
+def _loss(vae, x: Tensor, generator: torch.Generator, kl_weight: float) -> dict[str, Tensor]:
+    """``L1 + MSE`` of the reconstruction of a posterior sample + ``kl_weight * KL`` (summed per sample)."""
+    posterior = vae.encode(x).latent_dist
+    err = vae.decode(posterior.sample(generator=generator)).sample - x
+    l1, mse = err.abs().mean(), err.square().mean()
+    kl = posterior.kl().mean()  # summed over latent dims per sample, averaged over the batch
+    return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+
+
+def _train(vae, images: Tensor, r: VAERecipe, device: torch.device, warmup: int) -> dict:
+    """The optimisation loop; returns ``steps`` done, the loss ``log``, ``seconds`` and how it stopped.
+
+    Stops early when ``max_minutes`` is spent or on SIGTERM / SIGINT (:class:`GracefulStop`: the current step
+    finishes; the caller then evaluates and saves as after a full run)."""
+    n, batch_size, steps = len(images), min(r.batch_size, len(images)), r.steps
+    opt = torch.optim.Adam(vae.parameters(), lr=r.lr)
+    g_data = torch.Generator().manual_seed(r.seed)
+    g_noise = torch.Generator(device=device).manual_seed(r.seed + 1)
+    log: list[dict] = []
+    acc, acc_n = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}, 0
+    perm, pos = torch.randperm(n, generator=g_data), 0
+    out = {"steps": 0, "stopped_early": False, "stopped_by_signal": False, "log": log}
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, desc="vae", unit="step", disable=not r.progress, dynamic_ncols=True)
+    with GracefulStop() as stop:
+        for step in range(steps):
+            if r.max_minutes is not None and time.perf_counter() - t0 > 60 * r.max_minutes:
+                out["stopped_early"] = True
+                break
+            if stop.requested:
+                out["stopped_by_signal"] = True
+                break
+            if pos + batch_size > n:  # a fresh permutation per epoch; the ragged tail of the last one is dropped
+                perm, pos = torch.randperm(n, generator=g_data), 0
+            parts = _loss(vae, images[perm[pos : pos + batch_size]].to(device), g_noise, r.kl_weight)
+            pos += batch_size
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteError(f"non-finite VAE loss {loss.item()} at step {step} (lr={r.lr}); nothing was saved")
+            progress_frac = (step - warmup) / max(1, steps - warmup)
+            if r.max_minutes is not None and step >= warmup:
+                progress_frac = max(progress_frac, (time.perf_counter() - t0) / max(60 * r.max_minutes, 1e-9))
+            lr_now = r.lr * _lr_factor(step, warmup, progress_frac)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            done = out["steps"] = step + 1
+
+            for k, v in parts.items():
+                acc[k] += v.item()
+            acc_n += 1
+            if done % r.log_every == 0 or done == steps:
+                row = {"step": done, **{k: v / acc_n for k, v in acc.items()}, "lr": lr_now}
+                row["psnr_train"] = 10 * math.log10(4.0 / max(row["mse"], 1e-12))  # [-1, 1] MSE -> [0, 1] PSNR
+                log.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.1f}", kl=f"{row['kl']:.0f}")
+                acc, acc_n = dict.fromkeys(acc, 0.0), 0
+            bar.update(1)
+    bar.close()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def fit_vae(images: Tensor, recipe: VAERecipe | None = None, **overrides: Any) -> tuple[Any, dict]:
     """Build and train an ``AutoencoderKL`` on ``images`` (N, C, H, W) in [-1, 1], then set its ``scaling_factor``.
 
-    Returns ``(vae, info)``: the model in eval mode on the CPU and a JSON-able dict (recipe, timings, loss log every
-    ``log_every`` steps, final metrics). Nothing is written to disk (see :func:`save_vae`). ``max_minutes`` stops
-    training early once that much wall-clock time is spent; the cosine then runs on whichever is further along,
-    the steps or the time budget (``max(step / steps, elapsed / budget)``), so a run cut by the clock still ends at
-    a low learning rate (``steps`` very large = a purely time-based schedule; only then is the run not
-    reproducible bit for bit). Evaluation and saving come after the budget. A non-finite
-    loss raises ``FloatingPointError`` before anything could be saved.
+    ``recipe`` (default :class:`VAERecipe`; a :class:`VAEConfig` works too) with ``overrides`` of its fields, e.g.
+    ``fit_vae(images, steps=100, block_out_channels=(8, 16), progress=False)``. Returns ``(vae, info)``: the model
+    in eval mode on the CPU and a JSON-able dict (recipe, timings, loss log every ``log_every`` steps, final
+    metrics). Nothing is written to disk (see :func:`save_vae`). ``max_minutes`` stops training early once that
+    much wall-clock time is spent; the cosine then runs on whichever is further along, the steps or the time budget
+    (``max(step / steps, elapsed / budget)``), so a run cut by the clock still ends at a low learning rate
+    (``steps`` very large = a purely time-based schedule; only then is the run not reproducible bit for bit).
+    SIGTERM / SIGINT stop it the same way after the current step (``stopped_by_signal``; there is no resume).
+    Evaluation and saving come after the budget. A non-finite loss raises :class:`NonFiniteError` before anything
+    could be saved.
     """
-    from tqdm.auto import tqdm
-
+    r = replace(recipe if recipe is not None else VAERecipe(), **overrides)
+    check_recipe(r)
+    channels = parse_channels(r.block_out_channels)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
-    if steps < 0 or batch_size < 1 or lr <= 0 or kl_weight < 0 or log_every < 1:
-        raise ValueError(
-            f"bad recipe steps={steps} batch_size={batch_size} lr={lr} kl_weight={kl_weight} log_every={log_every};"
-            " expected steps >= 0, batch_size >= 1, lr > 0, kl_weight >= 0, log_every >= 1"
-        )
     n, c, h, w = images.shape
     if h != w:
         raise ValueError(f"images must be square; got {h}x{w}")
-    device = torch.device(device)
+    device = torch.device(r.device)
     images = images.detach().float().cpu().contiguous()
-    batch_size = min(batch_size, n)
 
-    torch.manual_seed(seed)
-    vae = build_vae(c, h, block_out_channels, latent_channels, layers_per_block).to(device).train()
+    torch.manual_seed(r.seed)
+    vae = build_vae(c, h, channels, r.latent_channels, r.layers_per_block).to(device).train()
     n_params = sum(p.numel() for p in vae.parameters())
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    warmup = min(100, max(1, steps // 20))
-    g_data = torch.Generator().manual_seed(seed)
-    g_noise = torch.Generator(device=device).manual_seed(seed + 1)
-
-    log: list[dict] = []
-    acc = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}
-    acc_n = 0
-    perm, pos = torch.randperm(n, generator=g_data), 0
-    t0 = time.perf_counter()
-    done = 0
-    stopped_early = False
-    bar = tqdm(total=steps, desc="vae", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in range(steps):
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            stopped_early = True
-            break
-        if pos + batch_size > n:  # a fresh permutation per epoch; the ragged tail of the last one is dropped
-            perm, pos = torch.randperm(n, generator=g_data), 0
-        x = images[perm[pos : pos + batch_size]].to(device)
-        pos += batch_size
-
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=g_noise)
-        x_hat = vae.decode(z).sample
-        err = x_hat - x
-        l1, mse = err.abs().mean(), err.square().mean()
-        kl = posterior.kl().mean()  # summed over latent dims per sample, averaged over the batch
-        loss = l1 + mse + kl_weight * kl
-        if not torch.isfinite(loss):
-            bar.close()
-            raise FloatingPointError(f"non-finite VAE loss {loss.item()} at step {step} (lr={lr}); nothing was saved")
-        elapsed = time.perf_counter() - t0
-        progress_frac = (step - warmup) / max(1, steps - warmup)
-        if max_minutes is not None and step >= warmup:
-            progress_frac = max(progress_frac, elapsed / max(60 * max_minutes, 1e-9))
-        lr_now = lr * _lr_factor(step, warmup, progress_frac)
-        for group in opt.param_groups:
-            group["lr"] = lr_now
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        done = step + 1
-
-        for k, v in (("loss", loss), ("l1", l1), ("mse", mse), ("kl", kl)):
-            acc[k] += v.item()
-        acc_n += 1
-        if done % log_every == 0 or done == steps:
-            row = {"step": done, **{k: v / acc_n for k, v in acc.items()}, "lr": lr_now}
-            row["psnr_train"] = 10 * math.log10(4.0 / max(row["mse"], 1e-12))  # [-1, 1] MSE -> [0, 1] PSNR
-            log.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.1f}", kl=f"{row['kl']:.0f}")
-            acc, acc_n = dict.fromkeys(acc, 0.0), 0
-        bar.update(1)
-    bar.close()
-    seconds = time.perf_counter() - t0
+    warmup = min(100, max(1, r.steps // 20))
+    run = _train(vae, images, r, device, warmup)
+    done, seconds = run["steps"], run["seconds"]
 
     vae.eval()
-    factor = 2 ** (len(block_out_channels) - 1)
+    factor = 2 ** (len(channels) - 1)
     metrics = reconstruction_metrics(vae, images)  # decode(E(x)) does not involve scaling_factor
     vae.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
     vae.cpu()
     info = {
         "method": "AutoencoderKL (Rombach et al. 2022), L1 + MSE + kl_weight * KL",
         "steps": done,
-        "steps_planned": steps,
-        "stopped_early": stopped_early,
-        "batch_size": batch_size,
-        "lr": lr,
-        "lr_schedule": f"linear warm-up {warmup} steps, cosine to 0.01*lr over {steps} steps"
-        + (f" or {max_minutes:g} min, whichever comes first" if max_minutes is not None else ""),
-        "kl_weight": kl_weight,
-        "seed": seed,
+        "steps_planned": r.steps,
+        "stopped_early": run["stopped_early"],
+        "stopped_by_signal": run["stopped_by_signal"],
+        "batch_size": min(r.batch_size, n),
+        "lr": r.lr,
+        "lr_schedule": f"linear warm-up {warmup} steps, cosine to 0.01*lr over {r.steps} steps"
+        + (f" or {r.max_minutes:g} min, whichever comes first" if r.max_minutes is not None else ""),
+        "kl_weight": r.kl_weight,
+        "seed": r.seed,
         "n_images": n,
         "image_shape": [c, h, w],
-        "latent_shape": [latent_channels, h // factor, w // factor],
-        "block_out_channels": [int(b) for b in block_out_channels],
-        "layers_per_block": layers_per_block,
+        "latent_shape": [r.latent_channels, h // factor, w // factor],
+        "block_out_channels": list(channels),
+        "layers_per_block": r.layers_per_block,
         "n_params": n_params,
         "seconds": round(seconds, 2),
         "s_per_step": round(seconds / max(done, 1), 4),
@@ -226,7 +233,7 @@ def fit_vae(
         "device": str(device),
         **metrics,
         "scaling_factor": 1.0 / metrics["latent_std"],
-        "log": log,
+        "log": run["log"],
     }
     return vae, info
 
@@ -270,6 +277,7 @@ def _card(info: dict) -> str:
     lat = "x".join(str(v) for v in info["latent_shape"])
     img = "x".join(str(v) for v in info["image_shape"])
     early = " (stopped early by the time budget)" if info.get("stopped_early") else ""
+    early = " (stopped early by a signal)" if info.get("stopped_by_signal") else early
     return f"""# {info.get("name", "AutoencoderKL")}
 
 A small KL-regularised autoencoder (diffusers `AutoencoderKL`, the Stable Diffusion layout) trained from scratch
@@ -311,9 +319,6 @@ Made with: `{info.get("command", "")}`
 def save_vae(vae, out_dir: str | Path, info: dict, images: Tensor | None = None, n_show: int = 16) -> Path:
     """Write ``vae`` (safetensors + config.json), ``training_info.json``, ``README.md`` and (given ``images``)
     ``recon.png`` to ``out_dir``, replacing an existing folder atomically (temp dir, then rename)."""
-    from fdistill.train.checkpoint import publish_dir
-    from fdistill.train.teacher import save_image_grid
-
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -333,19 +338,20 @@ def save_vae(vae, out_dir: str | Path, info: dict, images: Tensor | None = None,
 def train_vae(
     images: Tensor,
     out_dir: str | Path,
+    recipe: VAERecipe | None = None,
     *,
     name: str | None = None,
     data: str | None = None,
     command: str | None = None,
-    **fit_kwargs: Any,
+    **overrides: Any,
 ) -> Path:
-    """:func:`fit_vae` (``fit_kwargs``: ``steps``, ``batch_size``, ``lr``, ...) then :func:`save_vae`: train on
-    ``images`` (N, C, H, W) in [-1, 1] and save to ``out_dir``.
+    """:func:`fit_vae` (``recipe`` and ``overrides`` of its fields: ``steps``, ``batch_size``, ``lr``, ...) then
+    :func:`save_vae`: train on ``images`` (N, C, H, W) in [-1, 1] and save to ``out_dir``.
 
     ``name``, ``data`` and ``command`` only go into the card and ``training_info.json`` (``command`` defaults to
     this process's command line). Returns ``out_dir``.
     """
-    vae, info = fit_vae(images, **fit_kwargs)
+    vae, info = fit_vae(images, recipe, **overrides)
     info["name"] = name or Path(out_dir).name
     info["data"] = data or "images"
     info["command"] = command if command is not None else shlex.join([Path(sys.executable).name, *sys.argv])
@@ -356,22 +362,8 @@ def train_vae(
 # command line
 
 
-_SIZED = ("emoji", "synthetic", "captioned_folder")  # data sets whose loader takes ``size``
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers, e.g. 32,64,64")
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from fdistill.data import DATASETS
-
+    """``fdistill train-vae``: one flag per field of :class:`fdistill.config.vae.VAEConfig`."""
     p = OneLineArgumentParser(
         prog="fdistill train-vae",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -389,87 +381,46 @@ def build_parser() -> argparse.ArgumentParser:
             "  from diffusers import AutoencoderKL; vae = AutoencoderKL.from_pretrained('checkpoints/emoji_vae')"
         ),
     )
-    p.add_argument("--data", default="emoji", help=f"data set: one of {', '.join(DATASETS)} (default emoji)")
-    p.add_argument("--root", default=None, help="where the data set's files are (default: its own cache)")
-    p.add_argument(
-        "--size",
-        type=int,
-        default=32,
-        help=f"image size for {', '.join(_SIZED)} (default 32; the other sets have their own)",
-    )
-    p.add_argument("--out", required=True, help="output folder (replaced atomically), e.g. checkpoints/emoji_vae")
-    p.add_argument("--steps", type=int, default=1400, help="optimizer steps (default 1400)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, warm-up + cosine (default 2e-3)")
-    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the per-sample summed KL (default 1e-6)")
-    p.add_argument(
-        "--channels",
-        type=_channels,
-        default=(32, 64, 64),
-        help="block_out_channels, comma-separated; L entries downsample by 2**(L-1) (default 32,64,64)",
-    )
-    p.add_argument("--latent-channels", type=int, default=4, help="latent channels (default 4)")
-    p.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per block (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, data order and posterior samples (default 0)")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log rows / progress updates (default 50)")
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop early (and save) after M minutes of training; the cosine LR follows whichever of steps and time"
-        " is further along (default off)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    return p
+    return add_flags(p, VAEConfig)
+
+
+def _error(e: BaseException) -> int:
+    print(f"error: {one_line(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fdistill.train.vae --data emoji --size 32 --out DIR [...]`` (``--help`` for the options)."""
-    from fdistill.data import DATASETS, load_dataset
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        cfg = from_flags(build_parser().parse_args(argv), VAEConfig)
     except ArgumentError as e:
-        print(f"error: {e} (see --help)", file=sys.stderr)
+        print(f"error: {one_line(e)} (see --help)", file=sys.stderr)
         return 2
-    if args.data not in DATASETS:
-        print(f"error: unknown data set {args.data!r}; accepted: {', '.join(DATASETS)}", file=sys.stderr)
-        return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"error: --threads {args.threads}; expected >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
-    kwargs = {"size": args.size} if args.data in _SIZED else {}
-    if args.data == "synthetic":
+    try:
+        check_config(cfg)
+        check_recipe(cfg)
+    except ConfigError as e:
+        return _error(e)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    kwargs = {"size": cfg.size} if cfg.data in SIZED else {}
+    if cfg.data == "synthetic":
         kwargs["channels"] = 3
     try:
-        ds = load_dataset(args.data, root=args.root, split="train", **kwargs)
+        ds = load_dataset(cfg.data, root=cfg.root, split="train", **kwargs)
         out = train_vae(
             ds.images,
-            args.out,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            kl_weight=args.kl_weight,
-            block_out_channels=args.channels,
-            latent_channels=args.latent_channels,
-            layers_per_block=args.layers_per_block,
-            seed=args.seed,
-            log_every=args.log_every,
-            progress=not args.no_progress,
-            max_minutes=args.max_minutes,
-            device=args.device,
-            data=f"{args.data} (size {args.size})" if kwargs else args.data,
+            cfg.out,
+            cfg,
+            data=f"{cfg.data} (size {cfg.size})" if kwargs else cfg.data,
             command=shlex.join(["python", "-m", "fdistill.train.vae", *argv]),
         )
-    except (OSError, ValueError, FloatingPointError, ImportError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, NonFiniteError, ImportError) as e:
+        return _error(e)
     info = json.loads((out / "training_info.json").read_text())
+    if info.get("stopped_by_signal"):
+        print(f"stopped by signal at step {info['steps']}; saved the model trained so far (train-vae has no resume)")
     print(
         f"saved {out}: {info['steps']} steps in {info['seconds']:.0f} s, recon PSNR {info['recon_psnr']:.2f} dB, "
         f"latent std {info['latent_std']:.4f}, scaling_factor {info['scaling_factor']:.5f}"

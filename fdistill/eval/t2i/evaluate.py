@@ -1,0 +1,194 @@
+"""``evaluate_t2i``: every metric of every text-to-image generator on the same prompts from the same noise.
+
+Per row (see :mod:`fdistill.eval.t2i.metrics`): ``match``, the mean of ``scale * cos(E_img(x), E_txt(prompt))``
+(:meth:`~fdistill.rewards.CLIPReward.score_images`, the caption-match analog of CLIPScore, Hessel et al. 2021,
+without its ``max(., 0)``); ``R@1``, ``R@5``; FD against real images; optional Inception FID and KID (Heusel et al.
+2017; Binkowski et al. 2018) with the TF-FID Inception of :mod:`fdistill.metrics.inception`; diversity; and
+``ms/img``, the wall time of :func:`fdistill.eval.t2i.generators.generate` per image after one untimed warm-up call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fdistill.eval.t2i.base import T2IGenerator
+from fdistill.eval.t2i.generators import generate
+from fdistill.eval.t2i.inputs import select_prompts
+from fdistill.eval.t2i.metrics import diversity_scores, retrieval_accuracy, reward_image_features, reward_text_features
+from fdistill.metrics.fid import fid_from_features, kernel_inception_distance
+from fdistill.metrics.inception import InceptionFeatureExtractor, quantize_uint8
+from fdistill.metrics.plots import image_grid
+from fdistill.rewards import CLIPReward
+
+log = logging.getLogger("fdistill.eval.t2i")
+
+DIVERSITY_SEED_OFFSET = 1_000_003  # diversity batches draw their noise from seeds far from the main batches'
+GRID_COLUMNS = 8
+NOTES = [
+    "FD uses the caption-match model's unit-norm image embeddings, not Inception features: compare rows "
+    "of one table only (same model, real set and number of prompts)",
+    "NFE = denoiser evaluations of the EDM Heun sampler (2 * steps - 1); UNet evals doubles it with CFG "
+    "w != 1 (both branches batched); students: one UNet call, no CFG",
+    "ms/img = UNet evaluations + VAE decoder (prompt embeddings precomputed, warm-up call untimed)",
+]
+
+
+def _grid_indices(n: int) -> list[int]:
+    return select_prompts(range(n), min(GRID_COLUMNS, n))
+
+
+def _targets(prompts: list[str], rank_pool: Sequence[str] | None) -> tuple[list[str], Tensor]:
+    """The deduplicated retrieval pool and the index of each prompt in it."""
+    pool = list(dict.fromkeys(rank_pool if rank_pool is not None else prompts))
+    where = {p: i for i, p in enumerate(pool)}
+    missing = [p for p in prompts if p not in where]
+    if missing:
+        raise ValueError(f"prompt {missing[0]!r} is not in the retrieval pool ({len(pool)} texts)")
+    return pool, torch.tensor([where[p] for p in prompts])
+
+
+def _row(
+    gen: T2IGenerator, reward: CLIPReward, feats: Tensor, text: tuple[Tensor, Tensor, Tensor], seconds: float
+) -> dict[str, Any]:
+    """The row of ``gen`` with its caption-match numbers (``text``: pool features, own-prompt features, targets);
+    FD, Inception and diversity are filled in by the caller when measured."""
+    pool_feats, own_text, targets = text
+    cos = (feats * own_text).sum(-1).double()
+    r_at = retrieval_accuracy(feats, pool_feats, targets, (1, 5))
+    n = feats.shape[0]
+    return {
+        "name": gen.name,
+        "kind": gen.kind,
+        "nfe": gen.nfe,
+        "unet_evals": gen.unet_evals,
+        "cfg": gen.cfg,
+        "match": float(reward.scale * cos.mean()),
+        "match_std": float(reward.scale * cos.std()) if cos.numel() > 1 else 0.0,
+        "cosine": float(cos.mean()),
+        "R@1": r_at[1],
+        "R@5": r_at[5],
+        "fd_caption_match": None,
+        "inception_fid": None,
+        "inception_kid_mean": None,
+        "inception_kid_std": None,
+        "diversity": None,
+        "pixel_std": None,
+        "ms_per_image": 1000.0 * seconds / n,
+        "generation_seconds": seconds,
+        "num_images": n,
+        "info": gen.info,
+    }
+
+
+def _diversity(
+    gen: T2IGenerator, reward: CLIPReward, prompts: list[str], seeds: int, batch_size: int, seed: int, device
+) -> tuple[float, float]:
+    div_list = [p for _ in range(seeds) for p in prompts]  # seed-major
+    images, _ = generate(gen, div_list, batch_size, seed + DIVERSITY_SEED_OFFSET, device)
+    feats = reward_image_features(reward, images, batch_size)
+    s, d = seeds, len(prompts)
+    return diversity_scores(feats.view(s, d, -1), images.view(s, d, *images.shape[1:]))
+
+
+def _save_grid(grid: str | Path, grid_rows: list[Tensor], rows: list[dict], prompts: list[str]) -> dict:
+    grid = Path(grid)
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(grid_rows).save(grid)
+    return {
+        "file": str(grid),
+        "rows": [r["name"] for r in rows],
+        "prompts": [prompts[i] for i in _grid_indices(len(prompts))],
+    }
+
+
+def evaluate_t2i(
+    generators: Sequence[T2IGenerator],
+    reward: CLIPReward,
+    prompts: Sequence[str],
+    *,
+    rank_pool: Sequence[str] | None = None,
+    real_images: Tensor | None = None,
+    inception: InceptionFeatureExtractor | None = None,
+    diversity_prompts: int = 32,
+    diversity_seeds: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    grid: str | Path | None = None,
+    warmup: bool = True,
+) -> dict:
+    """All metrics of every generator on ``prompts`` (see the module docstring); returns the JSON-ready result.
+
+    ``rank_pool``: the texts R@k ranks against (default: ``prompts``; every prompt must be in it). ``real_images``:
+    ``(N, C, H, W)`` in ``[-1, 1]`` for FD (and Inception FID/KID when ``inception`` is given), ``None`` skips both.
+    ``grid``: a PNG with one row per generator and the images of 8 evenly spaced prompts."""
+    device = torch.device(device)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    if diversity_seeds < 2 and diversity_prompts > 0:
+        raise ValueError(f"diversity needs at least 2 seeds, got {diversity_seeds}")
+    pool, targets = _targets(prompts, rank_pool)
+    t_start = time.perf_counter()
+    pool_feats = reward_text_features(reward, pool)
+    own_text = pool_feats[targets]
+    div_idx = select_prompts(prompts, diversity_prompts) if diversity_prompts > 0 else []
+    div_prompts = [prompts[i] for i in div_idx]
+
+    real_feats = inc_real = None
+    if real_images is not None:
+        real_feats = reward_image_features(reward, real_images, batch_size)
+        if inception is not None:
+            inc_real = inception.extract(quantize_uint8(real_images), batch_size)
+
+    rows, grid_rows = [], []
+    for gen in generators:
+        log.info("eval-t2i: %s (%d prompts)", gen.name, len(prompts))
+        if warmup:
+            generate(gen, prompts[:1], 1, seed, device)
+        images, seconds = generate(gen, prompts, batch_size, seed, device)
+        feats = reward_image_features(reward, images, batch_size)
+        row = _row(gen, reward, feats, (pool_feats, own_text, targets), seconds)
+        if real_feats is not None:
+            row["fd_caption_match"] = fid_from_features(feats, real_feats)
+        if inc_real is not None:
+            inc = inception.extract(quantize_uint8(images), batch_size)
+            row["inception_fid"] = fid_from_features(inc, inc_real)
+            row["inception_kid_mean"], row["inception_kid_std"] = kernel_inception_distance(inc_real, inc, seed=seed)
+        if div_prompts:
+            row["diversity"], row["pixel_std"] = _diversity(
+                gen, reward, div_prompts, diversity_seeds, batch_size, seed, device
+            )
+        rows.append(row)
+        grid_rows.append(images[_grid_indices(len(prompts))])
+        log.info("eval-t2i: %s done: match %.4f R@1 %.3f %.1f ms/img", gen.name, row["match"], row["R@1"],
+                 row["ms_per_image"])  # fmt: skip
+
+    result: dict[str, Any] = {
+        "rows": rows,
+        "num_prompts": len(prompts),
+        "prompts": prompts,
+        "rank_pool_size": len(pool),
+        "reward_scale": reward.scale,
+        "num_real": int(real_images.shape[0]) if real_images is not None else 0,
+        "diversity_prompts": div_prompts,
+        "diversity_seeds": diversity_seeds if div_prompts else 0,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(device),
+        "torch": torch.__version__,
+        "notes": list(NOTES),
+    }
+    if inception is not None:
+        result["inception_protocol"] = inception.protocol
+    if grid is not None and rows:
+        result["grid"] = _save_grid(grid, grid_rows, rows, prompts)
+    result["seconds"] = time.perf_counter() - t_start
+    return result

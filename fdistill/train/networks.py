@@ -1,0 +1,140 @@
+"""The networks and real data of a distillation run (DESIGN.md "one distillation step", docs/math.md §2).
+
+The generator (a one-step or K-step student, docs/math.md §2.10) and the fake score are copies of the teacher's
+network (one code path for every teacher); methods with a density ratio or a GAN term get a discriminator head on
+fake-score or teacher features; :class:`RealData` draws the real samples that head is trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from fdistill.config import Config, MethodConfig
+from fdistill.data import load_dataset
+from fdistill.methods.base import Method
+from fdistill.nets.discriminator import DiscriminatorHead
+from fdistill.nets.generator import OneStepGenerator, default_student_sigmas
+from fdistill.teachers import Teacher
+
+log = logging.getLogger("fdistill")
+
+__all__ = [
+    "Networks",
+    "RealData",
+    "build_networks",
+    "load_generator_weights",
+    "student_sigmas",
+    "warn_ignored_method_fields",
+]
+
+
+#: ``method.*`` keys the trainer reads for every method
+TRAINER_METHOD_KEYS = ("name", "sigma", "sigma_params", "fake_sigma", "fake_sigma_params")
+
+
+def warn_ignored_method_fields(cfg: MethodConfig, method: Method) -> list[str]:
+    """Names of ``method.*`` fields set away from their defaults that the chosen method does not read."""
+    default = MethodConfig()
+    ignored = [
+        f.name
+        for f in fields(MethodConfig)
+        if f.name not in (*method.uses, *TRAINER_METHOD_KEYS) and getattr(cfg, f.name) != getattr(default, f.name)
+    ]
+    if ignored:
+        log.warning("method %s ignores: %s", cfg.name, ", ".join(f"method.{n}" for n in ignored))
+    return ignored
+
+
+class RealData:
+    """Samples of the teacher's data distribution, drawn with an explicit generator (resumable)."""
+
+    def __init__(self, cfg: Config, teacher: Teacher) -> None:
+        self.teacher = teacher
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        if cfg.teacher.kind != "gmm":
+            extra = {}
+            if cfg.data.name in ("emoji", "captioned_folder"):  # in-memory image-caption sets: side and count
+                extra = {k: v for k, v in (("size", cfg.data.image_size), ("limit", cfg.data.limit)) if v is not None}
+            ds = load_dataset(cfg.data.name, root=cfg.data.root, split="train", **extra)
+            self.images, self.labels = ds.images, ds.labels
+            if hasattr(teacher, "encode_dataset"):  # latent teachers: real samples live in latent space
+                self.images, self.labels = teacher.encode_dataset(ds)
+
+    def sample(self, n: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        if self.images is None:
+            cond = self.teacher.sample_labels(n, gen, "cpu")
+            x = self.teacher.sample_data(n, cond, gen, "cpu")
+            return x.to(device), None if cond is None else cond.to(device)
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=gen)
+        cond = self.labels[idx].to(device) if self.teacher.num_classes else None
+        return self.images[idx].to(device), cond
+
+
+@dataclass
+class Networks:
+    generator: nn.Module
+    fake: nn.Module
+    discriminator: DiscriminatorHead | None
+
+
+def student_sigmas(cfg: Config, teacher: Teacher) -> list[float]:
+    """The student's K levels: ``train.student_sigmas``, or the default schedule for ``train.student_steps`` at the
+    teacher's data scale (:func:`fdistill.nets.generator.default_student_sigmas`); ``[sigma_init]`` for K = 1."""
+    tc = cfg.train
+    if tc.student_sigmas is not None:
+        return [float(s) for s in tc.student_sigmas]
+    return default_student_sigmas(tc.sigma_init, tc.student_steps, teacher.sigma_data, teacher.sigma_min)
+
+
+def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
+    """Generator and fake score are copies of the teacher's network (same code path for every teacher)."""
+    generator = OneStepGenerator(teacher.make_network(), cfg.train.sigma_init, cfg.train.generator_input,
+                                 student_sigmas(cfg, teacher))  # fmt: skip
+    if cfg.train.init_generator:
+        load_generator_weights(generator, cfg.train.init_generator)
+    fake = teacher.make_network()
+    disc = None
+    if method.needs_discriminator:
+        source = fake if cfg.method.disc_features == "fake" else teacher
+        device = next(iter(source.buffers()), next(source.parameters(), torch.zeros(0))).device
+        probe_x = torch.zeros(2, *teacher.sample_shape, device=device)
+        probe_c = teacher.sample_labels(2, device=device)
+        with torch.no_grad():
+            feats = source.features(probe_x, torch.ones(2), probe_c)
+        disc = DiscriminatorHead.for_features(feats)
+    return Networks(generator, fake, disc)
+
+
+def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
+    """Load an exported student's ``unet/`` weights (a :class:`fdistill.export.pipeline.OneStepPipeline` or a stock SD
+    folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
+    from an already
+    distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
+    folder = Path(folder).expanduser()
+    files = sorted((folder / "unet").glob("*.safetensors")) if (folder / "unet").is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"train.init_generator={str(folder)!r}: no unet/*.safetensors (an exported student)")
+    state: dict[str, Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    net = generator.net
+    target = getattr(net, "unet", net)
+    if getattr(target, "peft_config", None):
+        raise ValueError("train.init_generator cannot be combined with teacher.lora_rank > 0 (fused weights)")
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"train.init_generator={str(folder)!r} does not match the teacher's network: {e}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"train.init_generator={str(folder)!r} does not match the teacher's network: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    log.info("generator initialised from %s", folder)

@@ -1,0 +1,5 @@
+"""``python -m fdistill.train.teacher ...`` = ``fdistill train-teacher ...``."""
+
+from fdistill.train.teacher.cli import main
+
+raise SystemExit(main())
