@@ -162,3 +162,90 @@ def test_bad_args_exit_2(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+# ---- checkpoints and --resume (fdistill.train.resumable) -------------------------------------------------------
+
+RESUME = dict(steps=8, batch_size=4, lr=3e-3, seed=0, fit_on="all", checkpoint_every=3, progress=False, **TINY)
+
+
+def _sigterm_at_call(monkeypatch, k: int) -> None:
+    """SIGTERM this process during the ``k``-th augmentation (the signal lands mid-step)."""
+    import os
+    import signal
+
+    import fdistill.train.caption_match.loop as loop_module
+
+    original, calls = loop_module.augment, []
+
+    def augment_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "augment", augment_then_sigterm)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ia, ib = (json.loads((p / "training_info.json").read_text()) for p in (a, b))
+    for key in ("steps", "loss_curve", "probe_loss_before", "probe_loss_after", "logit_scale", "metrics"):
+        assert ia[key] == ib[key], key
+
+
+def test_sigterm_then_resume_is_bit_exact(trained, tmp_path, monkeypatch):
+    from fdistill.train.checkpoint import list_checkpoints
+
+    images, captions = toy_set()
+    text = trained[1]
+    full = train_caption_match(tmp_path / "full", images, captions, text_model=text, **RESUME)
+    assert not (tmp_path / "full.run").exists(), "a finished run removes its checkpoints"
+    with monkeypatch.context() as m:
+        _sigterm_at_call(m, 5)
+        part = train_caption_match(tmp_path / "part", images, captions, text_model=text, **RESUME)
+    info = json.loads((part / "training_info.json").read_text())
+    assert info["stopped_by_signal"] and info["steps"] == 5
+    assert [p.name for p in list_checkpoints(tmp_path / "part.run")] == ["step_00000003", "step_00000005"]
+    resumed = train_caption_match(part, images, captions, text_model=text, resume="latest", **RESUME)
+    _assert_same_run(full, resumed)
+    assert not (tmp_path / "part.run").exists()
+
+
+def test_cli_resume_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import fdistill.train.caption_match.command as command
+
+    images, captions = toy_set()
+    monkeypatch.setattr(command, "load_emoji", lambda size: SimpleNamespace(images=images, prompts=captions))
+    flags = ["--hidden", "16", "--layers", "1", "--heads", "2", "--mlp", "32", "--projection-dim", "8", "--patch", "4"]
+    argv = [*flags, "--text-model", str(trained[1]), "--out", str(tmp_path / "m"), "--steps", "4", "--batch-size",
+            "4", "--fit-on", "all", "--checkpoint-every", "1", "--no-progress"]  # fmt: skip
+    with monkeypatch.context() as m:
+        _sigterm_at_call(m, 2)
+        assert main(argv) == 0
+    assert "--resume latest" in capsys.readouterr().out
+    ckpts = sorted((tmp_path / "m.run" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step_00000001", "step_00000002"]
+
+    def error(extra: list[str]) -> str:
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+        return err
+
+    assert "--resume latest" in error([])  # a fresh run does not overwrite an interrupted one
+    assert "seed=" in error(["--seed", "1", "--resume", "latest"])  # another recipe
+    state = ckpts[-1] / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1] + b"x")
+    err = error(["--resume", str(ckpts[-1])])
+    assert "state.pt" in err and "sha256" in err
+    assert main([*argv, "--resume", "latest"]) == 0  # falls back to the intact older checkpoint
+    assert json.loads((tmp_path / "m" / "training_info.json").read_text())["steps"] == 4
+    assert not (tmp_path / "m.run").exists()

@@ -42,6 +42,14 @@ class CaptionMatchRecipe:
     save_text_tower: bool = opt(False, "store the text tower weights (+87 MB)")
     validation_run: str | None = opt(None, "an earlier --fit-on train run to quote in the card")
     progress: bool = opt(True, "progress bar")
+    checkpoint_every: int = opt(
+        200, "steps between resumable checkpoints in OUT.run (also at a SIGTERM stop and at the end); 0 = only then"
+    )
+    resume: str | None = opt(
+        None,
+        "continue an interrupted run: 'latest' (OUT.run's newest checkpoint) or a checkpoint folder; None = start"
+        " fresh (refused while OUT.run holds an interrupted run's checkpoints)",
+    )
 
 
 @dataclass
@@ -61,6 +69,8 @@ def check_recipe(r: CaptionMatchRecipe) -> None:
         raise ConfigError(f"negatives={r.negatives!r}: use 'batch' or 'all'")
     if r.steps < 1 or r.batch_size < 2 or r.lr <= 0:
         raise ConfigError(f"--steps={r.steps} --batch-size={r.batch_size} --lr={r.lr}: need >= 1, >= 2 and > 0")
+    if r.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every={r.checkpoint_every}: must be >= 0 (0 = only at a stop and the end)")
     if r.max_minutes is not None and r.max_minutes <= 0:
         raise ConfigError(f"--max-minutes={r.max_minutes}: must be > 0")
     if not 0 <= r.holdout < 1:

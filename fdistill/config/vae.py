@@ -41,6 +41,14 @@ class VAERecipe:
     )
     device: str = opt("cpu", "torch device")
     progress: bool = opt(True, "tqdm progress bar")
+    checkpoint_every: int = opt(
+        200, "steps between resumable checkpoints in OUT.run (also at a SIGTERM stop and at the end); 0 = only then"
+    )
+    resume: str | None = opt(
+        None,
+        "continue an interrupted run: 'latest' (OUT.run's newest checkpoint) or a checkpoint folder; None = start"
+        " fresh (refused while OUT.run holds an interrupted run's checkpoints)",
+    )
 
 
 @dataclass
@@ -75,6 +83,8 @@ def check_recipe(r: VAERecipe) -> None:
             f"bad recipe steps={r.steps} batch_size={r.batch_size} lr={r.lr} kl_weight={r.kl_weight} "
             f"log_every={r.log_every}; expected steps >= 0, batch_size >= 1, lr > 0, kl_weight >= 0, log_every >= 1"
         )
+    if r.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every {r.checkpoint_every}; expected >= 0 (0 = only at a stop and the end)")
     parse_channels(r.block_out_channels)
 
 

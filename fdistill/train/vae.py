@@ -22,7 +22,9 @@ Every random draw (initialisation, data order, posterior samples) comes from ``s
 ``training_info.json``, a ``README.md`` card and ``recon.png`` (originals over reconstructions); it is replaced
 atomically. CLI: ``python -m fdistill.train.vae --data emoji --size 32 --out checkpoints/emoji_vae`` (:func:`main`;
 its flags are the fields of :class:`fdistill.config.vae.VAEConfig`). SIGTERM / SIGINT end training after the current
-step and the folder is written as after a full run (``stopped_by_signal``); there is no resume.
+step and the folder is written as after a full run (``stopped_by_signal``); the run's checkpoints in ``OUT.run``
+(every ``--checkpoint-every`` steps and at the stop, :mod:`fdistill.train.resumable`) let ``--resume latest``
+continue it bit for bit; they are removed once a run has finished.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from fdistill.config.schema import ConfigError, add_flags, from_flags
 from fdistill.config.vae import SIZED, VAEConfig, VAERecipe, check_config, check_recipe, parse_channels
 from fdistill.data import load_dataset
 from fdistill.metrics.plots import save_image_grid
+from fdistill.train import resumable
 from fdistill.train.checkpoint import publish_dir
 from fdistill.train.loop import GracefulStop, NonFiniteError
 
@@ -114,33 +117,62 @@ def _loss(vae, x: Tensor, generator: torch.Generator, kl_weight: float) -> dict[
     return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
 
 
-def _train(vae, images: Tensor, r: VAERecipe, device: torch.device, warmup: int) -> dict:
+def _resume_key(r: VAERecipe, images: Tensor) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run resuming it: everything that changes the trajectory."""
+    keys = ("steps", "batch_size", "lr", "kl_weight", "latent_channels", "layers_per_block", "seed", "log_every")
+    return {**{k: getattr(r, k) for k in keys}, "channels": parse_channels(r.block_out_channels),
+            "images": list(images.shape)}  # fmt: skip
+
+
+def _update(vae, opt: torch.optim.Optimizer, loss: Tensor, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    opt.step()
+
+
+def _train(vae, images: Tensor, r: VAERecipe, device: torch.device, warmup: int, run_dir: Path | None) -> dict:
     """The optimisation loop; returns ``steps`` done, the loss ``log``, ``seconds`` and how it stopped.
 
     Stops early when ``max_minutes`` is spent or on SIGTERM / SIGINT (:class:`GracefulStop`: the current step
-    finishes; the caller then evaluates and saves as after a full run)."""
+    finishes; the caller then evaluates and saves as after a full run). With ``run_dir``, the full state is saved
+    every ``checkpoint_every`` steps, at a stop and at the end, and ``r.resume`` continues from such a checkpoint
+    (:mod:`fdistill.train.resumable`): the two generators, data order, weights, Adam moments and log are restored."""
     n, batch_size, steps = len(images), min(r.batch_size, len(images)), r.steps
     opt = torch.optim.Adam(vae.parameters(), lr=r.lr)
-    g_data = torch.Generator().manual_seed(r.seed)
-    g_noise = torch.Generator(device=device).manual_seed(r.seed + 1)
-    log: list[dict] = []
-    acc, acc_n = {"loss": 0.0, "l1": 0.0, "mse": 0.0, "kl": 0.0}, 0
-    perm, pos = torch.randperm(n, generator=g_data), 0
-    out = {"steps": 0, "stopped_early": False, "stopped_by_signal": False, "log": log}
-    t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc="vae", unit="step", disable=not r.progress, dynamic_ncols=True)
+    gens = (torch.Generator().manual_seed(r.seed), torch.Generator(device=device).manual_seed(r.seed + 1))
+    g_data, g_noise = gens
+    s: dict[str, Any] = {"step": 0, "perm": torch.randperm(n, generator=g_data), "pos": 0, "acc_n": 0, "log": [],
+                         "acc": dict.fromkeys(("loss", "l1", "mse", "kl"), 0.0), "seconds": 0.0}  # fmt: skip
+    tensors, key, saved = vae.state_dict(), _resume_key(r, images), -1  # saved: the step last checkpointed
+    if run_dir is not None and (state := resumable.start(run_dir, r.resume, key)) is not None:
+        s = resumable.unpack(state, tensors, opt, gens)
+        saved = s["step"]
+    out = {"steps": s["step"], "stopped_early": False, "stopped_by_signal": False}
+    t0 = time.perf_counter() - s["seconds"]
+
+    def checkpoint() -> None:
+        nonlocal saved
+        s["seconds"] = time.perf_counter() - t0
+        if run_dir is not None and saved != s["step"]:
+            resumable.save(run_dir, s["step"], resumable.pack(tensors, opt, gens, s), key)
+            saved = s["step"]
+
+    bar = tqdm(total=steps, initial=s["step"], desc="vae", unit="step", disable=not r.progress, dynamic_ncols=True)
     with GracefulStop() as stop:
-        for step in range(steps):
+        for step in range(s["step"], steps):
             if r.max_minutes is not None and time.perf_counter() - t0 > 60 * r.max_minutes:
                 out["stopped_early"] = True
                 break
             if stop.requested:
                 out["stopped_by_signal"] = True
                 break
-            if pos + batch_size > n:  # a fresh permutation per epoch; the ragged tail of the last one is dropped
-                perm, pos = torch.randperm(n, generator=g_data), 0
-            parts = _loss(vae, images[perm[pos : pos + batch_size]].to(device), g_noise, r.kl_weight)
-            pos += batch_size
+            if s["pos"] + batch_size > n:  # a fresh permutation per epoch; the ragged tail of the last one is dropped
+                s["perm"], s["pos"] = torch.randperm(n, generator=g_data), 0
+            parts = _loss(vae, images[s["perm"][s["pos"] : s["pos"] + batch_size]].to(device), g_noise, r.kl_weight)
+            s["pos"] += batch_size
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 bar.close()
@@ -149,45 +181,50 @@ def _train(vae, images: Tensor, r: VAERecipe, device: torch.device, warmup: int)
             if r.max_minutes is not None and step >= warmup:
                 progress_frac = max(progress_frac, (time.perf_counter() - t0) / max(60 * r.max_minutes, 1e-9))
             lr_now = r.lr * _lr_factor(step, warmup, progress_frac)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            done = out["steps"] = step + 1
+            _update(vae, opt, loss, lr_now)
+            done = out["steps"] = s["step"] = step + 1
 
             for k, v in parts.items():
-                acc[k] += v.item()
-            acc_n += 1
+                s["acc"][k] += v.item()
+            s["acc_n"] += 1
             if done % r.log_every == 0 or done == steps:
-                row = {"step": done, **{k: v / acc_n for k, v in acc.items()}, "lr": lr_now}
+                row = {"step": done, **{k: v / s["acc_n"] for k, v in s["acc"].items()}, "lr": lr_now}
                 row["psnr_train"] = 10 * math.log10(4.0 / max(row["mse"], 1e-12))  # [-1, 1] MSE -> [0, 1] PSNR
-                log.append(row)
+                s["log"].append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.1f}", kl=f"{row['kl']:.0f}")
-                acc, acc_n = dict.fromkeys(acc, 0.0), 0
+                s["acc"], s["acc_n"] = dict.fromkeys(s["acc"], 0.0), 0
+            if (r.checkpoint_every and done % r.checkpoint_every == 0) or done == steps:
+                checkpoint()
             bar.update(1)
     bar.close()
-    out["seconds"] = time.perf_counter() - t0
-    return out
+    checkpoint()  # at a stop (or a run with nothing left to do): resumable from here
+    return {**out, "seconds": s["seconds"], "log": s["log"]}
 
 
-def fit_vae(images: Tensor, recipe: VAERecipe | None = None, **overrides: Any) -> tuple[Any, dict]:
+def fit_vae(
+    images: Tensor, recipe: VAERecipe | None = None, *, run_dir: str | Path | None = None, **overrides: Any
+) -> tuple[Any, dict]:
     """Build and train an ``AutoencoderKL`` on ``images`` (N, C, H, W) in [-1, 1], then set its ``scaling_factor``.
 
     ``recipe`` (default :class:`VAERecipe`; a :class:`VAEConfig` works too) with ``overrides`` of its fields, e.g.
     ``fit_vae(images, steps=100, block_out_channels=(8, 16), progress=False)``. Returns ``(vae, info)``: the model
     in eval mode on the CPU and a JSON-able dict (recipe, timings, loss log every ``log_every`` steps, final
-    metrics). Nothing is written to disk (see :func:`save_vae`). ``max_minutes`` stops training early once that
-    much wall-clock time is spent; the cosine then runs on whichever is further along, the steps or the time budget
+    metrics). Nothing is written to disk (see :func:`save_vae`) but, given ``run_dir``, resumable checkpoints
+    (``run_dir/checkpoints``: every ``checkpoint_every`` steps, at a stop and at the end; ``resume="latest"`` or a
+    checkpoint folder continues from one and ends with the uninterrupted run's weights and log; settings that change
+    the trajectory must match). ``max_minutes`` stops training early once that much wall-clock time is spent; the
+    cosine then runs on whichever is further along, the steps or the time budget
     (``max(step / steps, elapsed / budget)``), so a run cut by the clock still ends at a low learning rate
     (``steps`` very large = a purely time-based schedule; only then is the run not reproducible bit for bit).
-    SIGTERM / SIGINT stop it the same way after the current step (``stopped_by_signal``; there is no resume).
+    SIGTERM / SIGINT stop it the same way after the current step (``stopped_by_signal``; resumable with
+    ``run_dir``).
     Evaluation and saving come after the budget. A non-finite loss raises :class:`NonFiniteError` before anything
     could be saved.
     """
     r = replace(recipe if recipe is not None else VAERecipe(), **overrides)
     check_recipe(r)
+    if r.resume is not None and run_dir is None:
+        raise ConfigError(f"resume={r.resume!r} needs the run_dir holding the checkpoints")
     channels = parse_channels(r.block_out_channels)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
@@ -201,7 +238,7 @@ def fit_vae(images: Tensor, recipe: VAERecipe | None = None, **overrides: Any) -
     vae = build_vae(c, h, channels, r.latent_channels, r.layers_per_block).to(device).train()
     n_params = sum(p.numel() for p in vae.parameters())
     warmup = min(100, max(1, r.steps // 20))
-    run = _train(vae, images, r, device, warmup)
+    run = _train(vae, images, r, device, warmup, None if run_dir is None else Path(run_dir))
     done, seconds = run["steps"], run["seconds"]
 
     vae.eval()
@@ -349,13 +386,19 @@ def train_vae(
     :func:`save_vae`: train on ``images`` (N, C, H, W) in [-1, 1] and save to ``out_dir``.
 
     ``name``, ``data`` and ``command`` only go into the card and ``training_info.json`` (``command`` defaults to
-    this process's command line). Returns ``out_dir``.
+    this process's command line). Checkpoints go to ``OUT.run`` (:func:`fdistill.train.resumable.run_dir_for`),
+    which is removed once the model is saved, unless a signal stopped the run (``resume="latest"`` continues it).
+    Returns ``out_dir``.
     """
-    vae, info = fit_vae(images, recipe, **overrides)
+    run_dir = resumable.run_dir_for(out_dir)
+    vae, info = fit_vae(images, recipe, run_dir=run_dir, **overrides)
     info["name"] = name or Path(out_dir).name
     info["data"] = data or "images"
     info["command"] = command if command is not None else shlex.join([Path(sys.executable).name, *sys.argv])
-    return save_vae(vae, out_dir, info, images)
+    out = save_vae(vae, out_dir, info, images)
+    if not info["stopped_by_signal"]:
+        resumable.finish(run_dir)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -420,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(e)
     info = json.loads((out / "training_info.json").read_text())
     if info.get("stopped_by_signal"):
-        print(f"stopped by signal at step {info['steps']}; saved the model trained so far (train-vae has no resume)")
+        print(f"stopped by signal at step {info['steps']}; saved the model trained so far and a checkpoint, "
+              "continue with --resume latest")  # fmt: skip
     print(
         f"saved {out}: {info['steps']} steps in {info['seconds']:.0f} s, recon PSNR {info['recon_psnr']:.2f} dB, "
         f"latent std {info['latent_std']:.4f}, scaling_factor {info['scaling_factor']:.5f}"

@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = info["metrics"]
     summary = ", ".join(f"{k} top1 {m[k]['top1']:.3f} top5 {m[k]['top5']:.3f}" for k in ("train", "heldout") if k in m)
     if info.get("stopped_by_signal"):
-        print(f"stopped by signal at step {info['steps']}; saved the model trained so far (no resume)")
+        print(f"stopped by signal at step {info['steps']}; saved the model trained so far and a checkpoint, "
+              "continue with --resume latest")  # fmt: skip
     print(f"saved {out} ({info['steps']} steps, {info['seconds']:.0f} s): {summary}")
     return 0
