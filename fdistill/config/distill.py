@@ -49,7 +49,7 @@ class TeacherConfig:
     prompt_cache: bool = opt(True, "latent: cache prompt embeddings (N x L x D in teacher.dtype) on first use")
     lora_rank: int = opt(0, "latent: > 0 trains LoRA adapters of this rank on the generator / fake UNet copies")
     lora_alpha: float | None = opt(None, "latent: LoRA scale numerator (null = lora_rank, i.e. scale 1)")
-    gradient_checkpointing: bool = opt(False, "latent: gradient checkpointing in the trainable UNet copies")
+    gradient_checkpointing: bool = opt(False, "unet, latent: gradient checkpointing in the trainable UNet copies")
     variant: str | None = opt(None, "latent: diffusers weight variant to load, e.g. fp16")
 
 

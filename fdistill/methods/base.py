@@ -7,6 +7,11 @@ per-sample loss** whose gradient with respect to the generator parameters is the
 (NVlabs/edm ``training/loss.py`` style); the trainer reduces, scales, steps. Nothing here knows about
 accelerate, devices, checkpoints or logging.
 
+Precision: the generator step runs under the trainer's bf16 autocast, where a network may return bf16. Every
+network output is lifted to float32 (:func:`fp32`) before a method touches it, and every reduction over C x H x W
+runs in float32, so loss weights, normalisers and per-sample losses are float32 (as in NVIDIA's FastGen); float64
+inputs (the exact tests) stay float64.
+
 Every method shares the fake-score loss (EDM denoising score matching, docs/math.md §1.3) and, where it
 uses a density ratio or a GAN term, the discriminator loss: non-saturating BCE, real (teacher / data)
 versus generated, both noised at the same sigma, whose optimal logit is ``log p_sigma / q_sigma``.
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -120,21 +126,28 @@ def build(cfg) -> Method:
 # ---- small tensor helpers shared by the losses -------------------------------------------------
 
 
+def fp32(x: Tensor) -> Tensor:
+    """``x`` in at least float32: bf16/fp16 (a network's output under autocast) is lifted, float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def mean_chw(x: Tensor) -> Tensor:
-    return x.flatten(1).mean(1)
+    return fp32(x).flatten(1).mean(1)
 
 
 def sum_chw(x: Tensor) -> Tensor:
-    return x.flatten(1).sum(1)
+    return fp32(x).flatten(1).sum(1)
 
 
 def l1_normalizer(x0: Tensor, d_p: Tensor, floor: float = 1e-5) -> Tensor:
-    """DMD/SiD per-sample normaliser ``sg(mean_chw |x0 - D_p|)`` broadcast to x0's shape."""
-    return append_dims(mean_chw((x0 - d_p).abs()).detach().clamp_min(floor), x0.ndim)
+    """DMD/SiD per-sample normaliser ``sg(mean_chw |x0 - D_p|)`` (float32 at least) broadcast to x0's shape."""
+    return append_dims(mean_chw((fp32(x0) - fp32(d_p)).abs()).detach().clamp_min(floor), x0.ndim)
 
 
 def pseudo_target_loss(x0: Tensor, direction: Tensor) -> Tensor:
-    """``0.5 mean_chw (x0 - sg(x0 - g))^2``: its gradient w.r.t. x0 is ``g / numel`` (DMD2 form)."""
+    """``0.5 mean_chw (x0 - sg(x0 - g))^2``: its gradient w.r.t. x0 is ``g / numel`` (DMD2 form). In float32 at
+    least: in bf16, ``x0 - (x0 - g)`` would round a small ``g`` away."""
+    x0, direction = fp32(x0), fp32(direction)
     return 0.5 * mean_chw((x0 - (x0 - direction).detach()) ** 2)
 
 
@@ -144,4 +157,4 @@ def gan_generator_loss(b: GeneratorInputs, logit: Tensor | None = None) -> Tenso
     if logit is None:
         assert b.logit is not None, "this method needs a discriminator (method.gan_weight > 0)"
         logit = b.logit(b.x_t, b.sigma, b.cond)
-    return F.softplus(-logit)
+    return F.softplus(-fp32(logit))

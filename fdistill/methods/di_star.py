@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fdistill.core.noise import SigmaSampler
-from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register
+from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, fp32, register
 from fdistill.methods.sid import kept_mean
 from fdistill.methods.sim import score_divergence_loss
 
@@ -40,7 +40,7 @@ class DiffInstructStar(Method):
         loss = reg
         if self.cfg.alpha_rev != 0:
             assert b.reward is not None, "di_star with alpha_rev != 0 needs a reward (reward.kind)"
-            reward = b.reward(b.x0, b.cond)
+            reward = fp32(b.reward(b.x0, b.cond))
             loss = torch.where(keep, loss - self.cfg.alpha_rev * reward, 0.0)
             logs["reward"] = reward.detach().mean()
         return MethodOutput(loss, logs)

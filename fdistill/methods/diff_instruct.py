@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fdistill.core.noise import SigmaSampler
-from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
+from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, fp32, register, sum_chw
 
 
 @register
@@ -24,6 +24,7 @@ class DiffInstruct(Method):
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
         x_t = b.x_t
         with torch.no_grad():
-            direction = torch.nan_to_num(b.fake(x_t, b.sigma, b.cond) - b.teacher(x_t, b.sigma, b.cond), 0.0, 0.0, 0.0)
+            direction = fp32(b.fake(x_t, b.sigma, b.cond)) - fp32(b.teacher(x_t, b.sigma, b.cond))
+            direction = torch.nan_to_num(direction, 0.0, 0.0, 0.0)
         # d/dx0 sum((Dq - Dp) * x0) = Dq - Dp = sigma^2 (s_q - s_p)
         return MethodOutput(sum_chw(direction * b.x0), {"direction_norm": direction.flatten(1).norm(dim=1).mean()})

@@ -17,6 +17,7 @@ from fdistill.methods.base import (
     GeneratorInputs,
     Method,
     MethodOutput,
+    fp32,
     gan_generator_loss,
     l1_normalizer,
     pseudo_target_loss,
@@ -25,11 +26,11 @@ from fdistill.methods.base import (
 
 
 def dmd_direction(b: GeneratorInputs, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(D_q - D_p) [/ mean|x0 - D_p|]`` and ``D_p``, computed without gradients."""
+    """``(D_q - D_p) [/ mean|x0 - D_p|]`` and ``D_p``, computed without gradients, in float32 at least."""
     x_t = b.x_t
     with torch.no_grad():
-        d_p = b.teacher(x_t, b.sigma, b.cond)
-        g = b.fake(x_t, b.sigma, b.cond) - d_p
+        d_p = fp32(b.teacher(x_t, b.sigma, b.cond))
+        g = fp32(b.fake(x_t, b.sigma, b.cond)) - d_p
         if normalize:
             g = g / l1_normalizer(b.x0, d_p)
     return torch.nan_to_num(g, 0.0, 0.0, 0.0), d_p

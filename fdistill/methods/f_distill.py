@@ -29,6 +29,7 @@ from fdistill.methods.base import (
     GeneratorInputs,
     Method,
     MethodOutput,
+    fp32,
     gan_generator_loss,
     pseudo_target_loss,
     register,
@@ -130,12 +131,7 @@ class FDistill(Method):
     def weights(self, b: GeneratorInputs, logit: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample ``(h, r)`` after clipping and the optional normalisations (no gradients)."""
         with torch.no_grad():
-            r = density_ratio(
-                logit.detach().to(torch.promote_types(logit.dtype, torch.float32)),
-                self.cfg.logit_clip,
-                self.cfg.ratio_min,
-                self.cfg.ratio_max,
-            )
+            r = density_ratio(fp32(logit.detach()), self.cfg.logit_clip, self.cfg.ratio_min, self.cfg.ratio_max)
             if self.ratio_means is not None:
                 r = r / (self.ratio_means.update_and_lookup(r, b.sigma, b.all_reduce_sum) + 1e-6)
             h = self.divergence.h(r)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fdistill.core.noise import SigmaSampler, append_dims
-from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, l1_normalizer, register, sum_chw
+from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, fp32, l1_normalizer, register, sum_chw
 
 
 class Frozen(NamedTuple):
@@ -45,19 +45,19 @@ def frozen_denoisers(b: GeneratorInputs, with_logit: bool = False) -> Frozen:
     ``x_t`` zeroes that row of the gradient reaching it, because the backward through a network whose forward
     produced the NaN multiplies the row's zero gradient by NaN. The networks are per-sample (GroupNorm,
     attention within a sample), so such a NaN stays in its row. A NaN inside the generator itself cannot be
-    dropped per row: the trainer's non-finite guard skips that step.
+    dropped per row: the trainer's non-finite guard skips that step. Everything returned is float32 at least.
     """
     x_t = b.x_t
-    d_p, d_q = b.teacher(x_t, b.sigma, b.cond), b.fake(x_t, b.sigma, b.cond)
+    d_p, d_q = fp32(b.teacher(x_t, b.sigma, b.cond)), fp32(b.fake(x_t, b.sigma, b.cond))
     logit = None
     if with_logit:
         assert b.logit is not None, "this method needs a discriminator"
-        logit = b.logit(x_t, b.sigma, b.cond)
+        logit = fp32(b.logit(x_t, b.sigma, b.cond))
     keep = finite_rows(b.x0, d_p, d_q, *([] if logit is None else [logit]))
     if x_t.requires_grad:
         x_t.register_hook(lambda g: torch.where(append_dims(keep, g.ndim), g, 0.0))
     m = append_dims(keep, b.x0.ndim)
-    x0, d_p, d_q = torch.where(m, b.x0, 0.0), torch.where(m, d_p, 0.0), torch.where(m, d_q, 0.0)
+    x0, d_p, d_q = torch.where(m, fp32(b.x0), 0.0), torch.where(m, d_p, 0.0), torch.where(m, d_q, 0.0)
     return Frozen(x0, d_p, d_q, keep, None if logit is None else torch.where(keep, logit, 0.0))
 
 

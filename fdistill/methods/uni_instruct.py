@@ -52,11 +52,9 @@ class UniInstruct(Method):
         if self.cfg.divergence == "rkl":
             one = torch.ones(b.x0.shape[0], device=b.x0.device)
             return one, one, {}
-        # outside the logit clamp and the r clip the r-derivative is zero (the guards FastGen uses for r)
-        logit = logit.to(torch.promote_types(logit.dtype, torch.float32)).clamp(
-            -self.cfg.logit_clip, self.cfg.logit_clip
-        )
-        r = logit.exp().clamp(self.cfg.ratio_min, self.cfg.ratio_max)
+        # outside the logit clamp and the r clip the r-derivative is zero (the guards FastGen uses for r); the
+        # logit is float32 at least (frozen_denoisers)
+        r = logit.clamp(-self.cfg.logit_clip, self.cfg.logit_clip).exp().clamp(self.cfg.ratio_min, self.cfg.ratio_max)
         h = self.divergence.h(r)
         h_lin = h - r * self.divergence.h_prime(r)
         if self.cfg.normalize_h:
@@ -77,7 +75,7 @@ class UniInstruct(Method):
         diff = d_p - d_q
         fisher = sum_chw(diff**2 / wf)  # sigma^4 |u|^2 / wf
         cross = sum_chw(diff * (d_q - x0) / wf)  # sigma^4 u.(s_q - grad log q(x_t|x0)) / wf
-        loss = h_lin.to(fisher.dtype) * fisher + 2 * h.to(cross.dtype) * cross
+        loss = h_lin * fisher + 2 * h * cross
         if self.cfg.gan_weight > 0:
             gan = gan_generator_loss(b, logit)
             loss = loss + self.cfg.gan_weight * gan

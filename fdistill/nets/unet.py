@@ -9,7 +9,8 @@ classifier-free-guidance dropout and for the unconditional branch (``class_label
 ``features`` runs F's encoder only (``conv_in``, time/class embedding, ``down_blocks``, ``mid_block``) and
 returns the output of each down block plus the mid block: the feature pyramid that DMD2 / f-distill put
 a discriminator head on. The model is a diffusers ``ModelMixin``/``ConfigMixin``: ``save_pretrained``
-writes ``config.json`` + safetensors, and ``EDMUNet.from_pretrained(path)`` restores it.
+writes ``config.json`` + safetensors, and ``EDMUNet.from_pretrained(path)`` restores it;
+``enable_gradient_checkpointing()`` makes F's diffusers blocks recompute their activations in backward.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class EDMUNet(ModelMixin, ConfigMixin):
         attention_head_dim: channels per attention head.
         norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
     """
+
+    _supports_gradient_checkpointing = True  # ModelMixin's switch reaches the blocks of the inner UNet2DModel
 
     @register_to_config
     def __init__(

@@ -17,7 +17,8 @@ input, since SiD / SIM / Uni-Instruct back-propagate through it. Classifier-free
 ``D_u + w (D_c - D_u)`` (``w = 1`` off, :mod:`fdistill.core.guidance`) is inherited from :meth:`Teacher.denoise`;
 the sigma <-> timestep map is :mod:`fdistill.core.schedules`.
 :meth:`UNetTeacher.make_network` returns a trainable copy of the network: the one-step generator and the fake
-score are initialised from it (docs/math.md §5.1).
+score are initialised from it (docs/math.md §5.1); with ``gradient_checkpointing`` (``teacher.gradient_checkpointing``)
+the copies, never the frozen teacher, recompute their UNet blocks' activations in backward.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class VPUNetDenoiser(nn.Module):
             size = (size, size) if isinstance(size, int) else tuple(size)
             self.sample_shape = (cfg.in_channels, *size)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """diffusers' gradient checkpointing in the wrapped ``UNet2DModel``."""
+        self.unet.enable_gradient_checkpointing()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.unet, "is_gradient_checkpointing", False))
+
     @property
     def num_train_timesteps(self) -> int:
         return self.log_sigmas.shape[0]
@@ -148,9 +157,16 @@ class UNetTeacher(Teacher):
 
     ``denoise_cond(x_t, sigma, cond)`` returns ``x0_hat`` in ``x_t``'s dtype; the network itself may run in
     ``dtype`` (bf16/fp16 teachers). ``sample(...)`` uses the EDM Heun sampler with ``sample_nfe`` by default.
+    ``gradient_checkpointing`` enables it in the trainable copies of :meth:`make_network` (not in ``net``).
     """
 
-    def __init__(self, net: nn.Module, dtype: torch.dtype | str = torch.float32, sample_nfe: int = 18) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        dtype: torch.dtype | str = torch.float32,
+        sample_nfe: int = 18,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(net, (EDMUNet, VPUNetDenoiser)):
             raise TypeError(f"UNetTeacher wraps an EDMUNet or a VPUNetDenoiser, got {type(net).__name__}")
@@ -162,6 +178,7 @@ class UNetTeacher(Teacher):
         self.num_classes = int(net.num_classes)
         self.sigma_data = float(net.sigma_data)
         self.sample_nfe = int(sample_nfe)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
 
     def train(self, mode: bool = True) -> UNetTeacher:
         """The teacher always stays in eval mode (no dropout), even inside a module put in train mode."""
@@ -181,8 +198,13 @@ class UNetTeacher(Teacher):
     def make_network(self) -> nn.Module:
         """A trainable float32 deep copy of the teacher's network (train mode, ``requires_grad=True``): the
         one-step generator and the fake score start from it. A bf16/fp16 teacher hands over its rounded weights;
-        load the teacher in float32 when the students should start from the exact ones."""
-        return copy.deepcopy(self.net).float().train().requires_grad_(True)
+        load the teacher in float32 when the students should start from the exact ones. With
+        ``gradient_checkpointing`` the copy recomputes its UNet blocks' activations in backward (same gradients,
+        less activation memory); the frozen teacher never does."""
+        net = copy.deepcopy(self.net).float().train().requires_grad_(True)
+        if self.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        return net
 
     @torch.no_grad()
     def sample(self, n, cond=None, nfe=None, guidance=1.0, generator=None, device="cpu") -> Tensor:  # noqa: D102
@@ -199,6 +221,7 @@ class UNetTeacher(Teacher):
         prediction_type: str | None = None,
         null_label: int | None = None,
         timestep_mode: str = "interp",
+        gradient_checkpointing: bool = False,
         **kwargs,
     ) -> UNetTeacher:
         """Load from a local folder or a hub id (``path``, ``subfolder`` as in diffusers).
@@ -224,7 +247,7 @@ class UNetTeacher(Teacher):
             net = VPUNetDenoiser(unet, alphas_cumprod_from_scheduler_config(sched), ptype, timestep_mode, null_label)
         else:
             raise ValueError(f"{path}: model class {name!r} is not supported here; accepted: EDMUNet, UNet2DModel")
-        return cls(net, dtype=dtype, sample_nfe=sample_nfe)
+        return cls(net, dtype=dtype, sample_nfe=sample_nfe, gradient_checkpointing=gradient_checkpointing)
 
 
 def _load_scheduler_config(path: str, subfolder: str | None, **kwargs) -> dict:
@@ -247,7 +270,8 @@ def _load_scheduler_config(path: str, subfolder: str | None, **kwargs) -> dict:
 
 def load_teacher(t) -> UNetTeacher:
     """Build from ``TeacherConfig`` (``teacher.kind=unet``, ``teacher.path``, ``teacher.subfolder``,
-    ``teacher.dtype``, ``teacher.sample_nfe``); a missing path raises one clear line."""
+    ``teacher.dtype``, ``teacher.sample_nfe``, ``teacher.gradient_checkpointing``); a missing path raises one clear
+    line."""
     hint = (
         "use teacher.path=checkpoints/fmnist_teacher (the shipped teacher) or train one with "
         "`fdistill train-teacher configs/fmnist_teacher.yaml`"
@@ -266,7 +290,11 @@ def load_teacher(t) -> UNetTeacher:
     target = str(path) if path.exists() else t.path
     try:
         return UNetTeacher.from_pretrained(
-            target, subfolder=t.subfolder or None, dtype=dtype, sample_nfe=getattr(t, "sample_nfe", 18)
+            target,
+            subfolder=t.subfolder or None,
+            dtype=dtype,
+            sample_nfe=getattr(t, "sample_nfe", 18),
+            gradient_checkpointing=getattr(t, "gradient_checkpointing", False),
         )
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
