@@ -2,7 +2,7 @@
 per-step random generators from a hash, resumable ``metrics.jsonl``, graceful SIGTERM / SIGINT and the wall-clock
 budget ``train.max_minutes``.
 
-Determinism (docs/math.md, "resumable runs"): every random draw of a step comes from :func:`step_generator`, seeded by
+Determinism (docs/math.md §5): every random draw of a step comes from :func:`step_generator`, seeded by
 a hash of (seed, step, phase, micro-batch, process), so a run resumed from a checkpoint of step ``k`` replays steps
 ``k+1..`` bit-for-bit, and :func:`truncate_metrics` drops the rows a killed attempt logged after that checkpoint.
 """
