@@ -26,11 +26,15 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from fdistill.config import ConfigError
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})$")
 MANIFEST = "manifest.json"
+_DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded state (FSDP SHARDED_STATE_DICT)
 # files accelerate's load_state torch.load()s (optimizer/scheduler .bin, random_states/custom_checkpoint .pkl,
 # scaler.pt): each must pass the weights_only unpickler before load_state runs
 PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
@@ -102,9 +107,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
-    """Regular files under ``folder`` except the manifest and dotfiles (temporary or editor files)."""
+    """Regular files under ``folder`` except the manifest and dotfiles (temporary or editor files); the ``.metadata``
+    of a sharded FSDP state (a ``torch.distributed.checkpoint`` folder) is listed."""
     rel = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
-    return sorted(p for p in rel if p.as_posix() != MANIFEST and not any(s.startswith(".") for s in p.parts))
+    return sorted(p for p in rel if p.as_posix() != MANIFEST and not _hidden(p))
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") and part != _DCP_METADATA for part in rel.parts)
 
 
 def _sha256(path: Path, fsync: bool = False) -> str:
@@ -255,9 +265,64 @@ def _weights_only_custom_state() -> Iterator[None]:
 
 def load_checkpoint(accelerator: Accelerator, ckpt: str | Path) -> None:
     """``accelerator.load_state(ckpt)`` with every pickle, registered objects included, unpickled by
-    ``weights_only=True`` (closes the window between :func:`resolve_resume`'s check and the load)."""
-    with _weights_only_custom_state():
+    ``weights_only=True`` (closes the window between :func:`resolve_resume`'s check and the load). A checkpoint
+    written under FSDP loads into a run without FSDP too (:func:`unsharded_view`)."""
+    ckpt = Path(ckpt)
+    with _weights_only_custom_state(), contextlib.ExitStack() as stack:
+        if accelerator.distributed_type != DistributedType.FSDP and _is_fsdp_checkpoint(ckpt):
+            ckpt = unsharded_view(ckpt, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         accelerator.load_state(str(ckpt))
+
+
+# ---- FSDP checkpoints without FSDP -----------------------------------------------------------------------------
+
+_FSDP_MODEL = "pytorch_model_fsdp"
+
+
+def _is_fsdp_checkpoint(ckpt: Path) -> bool:
+    return any(ckpt.glob(f"{_FSDP_MODEL}*"))
+
+
+def _fsdp_file(ckpt: Path, stem: str, i: int, key: str) -> dict | None:
+    """The ``i``-th full state dict named ``stem`` (``pytorch_model_fsdp`` or ``optimizer``) of an FSDP checkpoint:
+    a FULL_STATE_DICT file, or a SHARDED_STATE_DICT (``torch.distributed.checkpoint``) folder read in one
+    process; ``None`` when there is none."""
+    from accelerate.utils import load as accelerate_load
+
+    full = ckpt / (f"{stem}.bin" if i == 0 else f"{stem}_{i}.bin")
+    if full.is_file():
+        return accelerate_load(full, map_location="cpu")
+    sharded = ckpt / f"{stem}_{i}"
+    if not sharded.is_dir():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(sharded, Path(tmp) / "full.pt")
+        return accelerate_load(Path(tmp) / "full.pt", map_location="cpu")[key]
+
+
+def _indexed_optimizer_state(state: dict) -> dict:
+    """An optimizer state dict keyed by parameter name (FSDP's) keyed by position instead (``torch.optim``'s)."""
+    names = [n for group in state["param_groups"] for n in group["params"]]
+    index = {n: k for k, n in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def unsharded_view(ckpt: Path, out: Path) -> Path:
+    """``out`` filled with ``ckpt`` (written under FSDP, FULL or SHARDED state dicts) in the layout a run without FSDP
+    loads: ``model[_i].safetensors`` and position-keyed ``optimizer[_i].bin``; RNG and registered states linked."""
+    i = 0
+    while (model := _fsdp_file(ckpt, _FSDP_MODEL, i, "model")) is not None:
+        save_file(
+            {k: v.contiguous() for k, v in model.items()},
+            out / ("model.safetensors" if i == 0 else f"model_{i}.safetensors"),
+        )
+        optim = _fsdp_file(ckpt, "optimizer", i, "optimizer")
+        torch.save(_indexed_optimizer_state(optim), out / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin"))
+        i += 1
+    for f in ckpt.glob("*.pkl"):
+        (out / f.name).symlink_to(f.resolve())
+    return out
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------

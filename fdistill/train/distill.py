@@ -39,6 +39,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from fdistill import methods
@@ -55,11 +56,11 @@ from fdistill.train.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from fdistill.train.ema import EMA
+from fdistill.train.ema import EMA, full
 from fdistill.train.latent_eval import evaluate_latent_run
 from fdistill.train.loop import Budget, GracefulStop, NonFiniteError, step_generator, stopped_message, truncate_metrics
 from fdistill.train.metrics_log import MetricsLog, flat_hparams
-from fdistill.train.networks import RealData, build_networks, warn_ignored_method_fields
+from fdistill.train.networks import RealData, build_networks, prepare_networks, warn_ignored_method_fields
 from fdistill.train.run_eval import EvalInputs, ScorerCache, evaluate_run
 
 __all__ = ["Distiller", "NonFiniteError", "RealData", "distill", "frozen"]  # RealData: re-exported for callers
@@ -84,9 +85,11 @@ _GLOBAL_PHASE = 1_000_000  # torch's global RNG of a step (phases: 0 generator, 
 
 
 def _grads_finite(module: nn.Module | None) -> bool:
+    """This process's gradients (its shards under FSDP: no collective) are finite."""
     if module is None:
         return True
-    return all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+    grads = (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in module.parameters())
+    return all(torch.isfinite(g).all() for g in grads if g is not None)
 
 
 class Distiller:
@@ -116,17 +119,8 @@ class Distiller:
 
         nets = build_networks(cfg, self.teacher, self.method)
         self.ema = EMA(nets.generator, tc.ema_decay).to(acc.device)
-        betas = (tc.adam_beta1, tc.adam_beta2)
-        opt_g = torch.optim.AdamW(nets.generator.parameters(), tc.lr_generator, betas, weight_decay=tc.weight_decay)
-        opt_f = torch.optim.AdamW(nets.fake.parameters(), tc.lr_fake, betas, weight_decay=tc.weight_decay)
-        if nets.discriminator is not None:
-            opt_d = torch.optim.AdamW(nets.discriminator.parameters(), tc.lr_disc, betas, weight_decay=tc.weight_decay)
-            self.generator, self.fake, self.disc, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
-                nets.generator, nets.fake, nets.discriminator, opt_g, opt_f, opt_d
-            )
-        else:
-            self.generator, self.fake, self.opt_g, self.opt_f = acc.prepare(nets.generator, nets.fake, opt_g, opt_f)
-            self.disc, self.opt_d = None, None
+        nets, (self.opt_g, self.opt_f, self.opt_d) = prepare_networks(acc, nets, tc)
+        self.generator, self.fake, self.disc = nets.generator, nets.fake, nets.discriminator
         self.state = DistillState()
         acc.register_for_checkpointing(self.ema, self.method, self.state)
 
@@ -247,7 +241,8 @@ class Distiller:
 
     def _discriminator_loss(self, x_g: Tensor, cond: Tensor | None, real: tuple, gen: torch.Generator):
         """BCE on real vs generated samples (same labels, same sigma and eps), in one forward of the (possibly
-        DDP-wrapped) head; features from the fake score reach its backbone (DMD2)."""
+        wrapped) head; features from the fake score reach its backbone (DMD2; under FSDP2 through its wrapper, as
+        ``features`` is a registered FSDP forward method: :func:`fdistill.train.networks.prepare_networks`)."""
         acc = self.accelerator
         (x_real, cond_real), n = real, x_g.shape[0]
         sigma = self.sigma_gen(n, gen).to(acc.device).repeat(2)
@@ -329,13 +324,21 @@ class Distiller:
         if ok:
             for m in modules:
                 if self.cfg.train.grad_clip > 0:
-                    norm = acc.clip_grad_norm_(m.parameters(), self.cfg.train.grad_clip)
-                    logs[f"grad_norm/{tag}"] = norm
+                    logs[f"grad_norm/{tag}"] = self._clip(m, self.cfg.train.grad_clip)
             for opt in optimizers:
                 opt.step()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         return ok
+
+    def _clip(self, module: nn.Module, max_norm: float) -> Tensor:
+        """Clip ``module``'s gradients to total norm ``max_norm``; returns the norm before clipping. Under FSDP2 torch's
+        clip (DTensor-aware: the norm is over the full gradient) is called directly: accelerate's FSDP branch finds
+        the model by comparing parameter lists with ``==``, which DTensors of two same-shaped networks refuse."""
+        if self.accelerator.is_fsdp2:
+            self.accelerator.unscale_gradients()
+            return full(torch.nn.utils.clip_grad_norm_(list(module.parameters()), max_norm))
+        return self.accelerator.clip_grad_norm_(module.parameters(), max_norm)
 
     # ---- the loop -----------------------------------------------------------------------------
 

@@ -3,6 +3,9 @@
 The generator (a one-step or K-step student, docs/math.md §2.10) and the fake score are copies of the teacher's
 network (one code path for every teacher); methods with a density ratio or a GAN term get a discriminator head on
 fake-score or teacher features; :class:`RealData` draws the real samples that head is trained on.
+:func:`prepare_networks` gives each its AdamW and hands every (network, optimizer) pair to ``accelerate`` on its own
+(FSDP2 shards one model per ``prepare`` call); under FSDP2 the fake score's ``features`` is registered as a forward
+method, so a discriminator on fake-score features gathers the sharded parameters like a forward does.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.distributed.fsdp import register_fsdp_forward_method
 
-from fdistill.config import Config, MethodConfig
+from fdistill.config import Config, MethodConfig, TrainConfig
 from fdistill.data import load_dataset
 from fdistill.methods.base import Method
 from fdistill.nets.discriminator import DiscriminatorHead
@@ -29,6 +34,7 @@ __all__ = [
     "RealData",
     "build_networks",
     "load_generator_weights",
+    "prepare_networks",
     "student_sigmas",
     "warn_ignored_method_fields",
 ]
@@ -110,6 +116,25 @@ def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
             feats = source.features(probe_x, torch.ones(2), probe_c)
         disc = DiscriminatorHead.for_features(feats)
     return Networks(generator, fake, disc)
+
+
+def prepare_networks(acc: Accelerator, nets: Networks, tc: TrainConfig) -> tuple[Networks, list]:
+    """The prepared (DDP / FSDP-wrapped) networks and their AdamW optimizers ``[opt_g, opt_f, opt_d or None]``:
+    one ``prepare`` call per pair, in the order generator, fake score, discriminator (the checkpoint file order)."""
+    betas = (tc.adam_beta1, tc.adam_beta2)
+    out, opts = [], []
+    for net, lr in ((nets.generator, tc.lr_generator), (nets.fake, tc.lr_fake), (nets.discriminator, tc.lr_disc)):
+        if net is None:
+            out.append(None)
+            opts.append(None)
+            continue
+        opt = torch.optim.AdamW(net.parameters(), lr, betas, weight_decay=tc.weight_decay)
+        net, opt = acc.prepare(net, opt)
+        out.append(net)
+        opts.append(opt)
+    if acc.is_fsdp2:
+        register_fsdp_forward_method(out[1], "features")
+    return Networks(*out), opts
 
 
 def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
