@@ -19,9 +19,20 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from PIL import Image  # noqa: E402
 
-from fdistill.apps.demo import ALL_CLASSES, DemoEngine, DemoSetupError, create_demo, launch_demo, main  # noqa: E402
+from fdistill.apps.demo import (  # noqa: E402
+    ALL_CLASSES,
+    DemoEngine,
+    DemoSetupError,
+    create_demo,
+    gallery,
+    info_markdown,
+    launch_demo,
+    main,
+)
+from fdistill.apps.sample import hybrid_sample  # noqa: E402
 from fdistill.export.pipeline import OneStepOutput, OneStepPipeline, export_student  # noqa: E402
 from fdistill.nets.unet import EDMUNet  # noqa: E402
+from fdistill.teachers.diffusers import UNetTeacher  # noqa: E402
 
 SIZE, SCALE, NAMES = 8, 4, ["alpha", "beta", "gamma"]
 
@@ -111,12 +122,26 @@ def test_teacher_runs_on_the_same_seed_and_labels(client):
         ({"num_images": 17}, "17"),
         ({"class_name": "delta"}, "delta"),
         ({"run_teacher": True, "teacher_nfe": 80}, "80"),
+        ({"hybrid": True, "hybrid_steps": 5}, "5"),  # the slider's bound (the engine's check says the same)
+        ({"hybrid": True, "hybrid_steps": 0}, "0"),
+        ({"hybrid": True, "hybrid_steps": 3}, "at most 2"),  # teacher NFE 3 is 2 Heun steps
+        ({"student_steps": 2}, "student steps"),  # a one-step student
     ],
 )
 def test_bad_input_is_an_error_and_the_server_keeps_serving(client, bad, message):
     with pytest.raises(gradio_client.exceptions.AppError, match=message):
         call(client, **bad)
     assert len(call(client, num_images=1)[0]) == 1
+
+
+def test_hybrid_over_the_api_keeps_four_outputs_and_reports_its_latency(client):
+    student, teacher, info, seed_used = call(client, seed=9, hybrid=True, hybrid_steps=1, student_steps=1)
+    assert len(student) == 4 and teacher == [] and seed_used == 9
+    assert "hybrid (teacher's first 1 EDM Heun step" in info and "| 3 + 1 = 4 |" in info and "re-noised" in info
+    again = call(client, seed=9)[0]  # the hybrid leaves the student's own gallery as it is
+    assert all(np.array_equal(x, y) for x, y in zip(pixels(student), pixels(again), strict=True))
+    # a client of the old seven inputs still works (the new ones have defaults)
+    assert len(client.predict("beta", "", 1, 2, False, 3, 1.0, api_name="/generate")[0]) == 2
 
 
 def test_twenty_concurrent_requests_all_succeed(server, client):
@@ -142,6 +167,74 @@ def test_page_header_names_device_and_checkpoints(server, checkpoints):
     header = demo.engine.device_name + " " + demo.engine.dtype_name
     assert "CPU" in header and "float32" in header
     assert demo.engine.teacher is not None and demo.engine.class_choices == [*NAMES, ALL_CLASSES]
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert blocks["hybrid"].interactive is not False and blocks["hybrid-steps"].maximum == 4
+    assert blocks["hybrid-gallery"].visible is True and blocks["student-steps"].visible is False  # one-step
+
+
+# -- hybrid sampling and K-step students, through the engine
+
+
+def test_hybrid_is_the_student_at_zero_teacher_steps_and_reports_its_latency(checkpoints):
+    student_dir, teacher_dir = checkpoints
+    engine = DemoEngine(student_dir, teacher_dir, device="cpu")
+    r0 = engine.generate("gamma", seed=5, num_images=3, hybrid_steps=0)
+    assert r0.hybrid is None and r0.hybrid_ms is None and "hybrid" not in info_markdown(r0, engine)
+    h0 = engine.backend.run_hybrid(3, [2] * 3, 5, 0, 3, 1.0)
+    assert torch.equal(h0.images, r0.student) and h0.teacher_nfe == 0 and h0.student_nfe == 1
+
+    r = engine.generate("gamma", seed=5, num_images=3, hybrid_steps=1, teacher_nfe=3, cfg_scale=2.0)
+    assert torch.equal(r.student, r0.student) and r.teacher is None and r.hybrid.images.shape == r.student.shape
+    assert r.hybrid_ms > 0 and r.hybrid.teacher_nfe == 3 and r.hybrid.student_nfe == 1 and r.hybrid_steps == 1
+    assert not torch.equal(r.hybrid.images, r.student)
+    ref = hybrid_sample(OneStepPipeline.from_pretrained(student_dir), UNetTeacher.from_pretrained(teacher_dir), 3, 1,
+                        nfe=3, class_labels=[2] * 3, seed=5, guidance=2.0)  # fmt: skip
+    torch.testing.assert_close(r.hybrid.images, ref.images)  # fdistill sample's hybrid, same seed: same z
+    info = info_markdown(r, engine)
+    assert (
+        f"| 3 + 1 = 4 | {r.hybrid_ms:.1f} ms |" in info and f"| one-step student | 1 | {r.student_ms:.1f} ms |" in info
+    )
+    tiles = gallery(r, "hybrid", 1, "req")
+    meta = json.loads(tiles[0][0].info["fdistill"])
+    assert len(tiles) == 3 and meta["nfe"] == 4 and meta["teacher_nfe"] == 3 and meta["cfg_scale"] == 2.0
+
+    with pytest.raises(ValueError, match=r"at most 2: teacher NFE 3 is 2 Heun"):
+        engine.generate("gamma", seed=5, num_images=1, hybrid_steps=3, teacher_nfe=3)
+    for bad in (5, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="teacher steps"):
+            engine.generate("gamma", seed=5, num_images=1, hybrid_steps=bad)
+    alone = DemoEngine(student_dir, device="cpu", load_teacher=False)
+    with pytest.raises(ValueError, match="hybrid sampling is off: needs a teacher"):
+        alone.generate("gamma", seed=5, num_images=1, hybrid_steps=1)
+
+
+def test_k_step_student_takes_1_to_k_steps_and_refuses_k_plus_1(tmp_path, checkpoints):
+    """A tiny 3-step student (exported as tests/test_few_step.py does): each step count is the pipeline's own."""
+    _, teacher_dir = checkpoints
+    export_student(tiny_unet(), 2.5, tmp_path / "k3", class_names=NAMES, student_sigmas=[2.5, 1.0, 0.3])
+    engine = DemoEngine(tmp_path / "k3", teacher_dir, device="cpu")
+    pipe = OneStepPipeline.from_pretrained(tmp_path / "k3")
+    assert engine.num_steps == 3 and engine.student_sigmas == [2.5, 1.0, 0.3]
+    for steps in (2.0, 1, 2, 3):
+        r = engine.generate("alpha", seed=2, num_images=2, student_steps=steps)
+        ref = pipe(batch_size=2, class_labels=[0, 0], seed=2, output_type="pt", num_inference_steps=int(steps)).images
+        assert torch.equal(r.student, ref) and r.student_steps == int(steps) and r.student_k == 3
+        assert torch.equal(engine.backend.run_hybrid(2, [0, 0], 2, 0, 35, 1.0, int(steps)).images, ref)  # N = 0
+    assert torch.equal(engine.generate("alpha", seed=2, num_images=2).student, ref)  # default: all K steps
+    for bad in (4, 0, 1.5, -1):
+        with pytest.raises(ValueError, match=r"student steps must be .*1\.\.3"):
+            engine.generate("alpha", seed=2, num_images=2, student_steps=bad)
+    r = engine.generate("alpha", seed=2, num_images=2, student_steps=2, hybrid_steps=2, teacher_nfe=35)
+    # 2 of 18 Heun steps end far above sigma_init: the hand-over is the student's first level, then its 2 steps
+    assert r.hybrid.student_start == 0 and r.hybrid.student_nfe == 2 and r.hybrid.teacher_nfe == 5
+    info = info_markdown(r, engine)
+    assert f"| 3-step student (2 of 3 steps) | 2 | {r.student_ms:.1f} ms |" in info and "| 5 + 2 = 7 |" in info
+    assert json.loads(gallery(r, "student", 1, "req")[0][0].info["fdistill"])["nfe"] == 2
+
+    demo = create_demo(tmp_path / "k3", teacher_dir, device="cpu")
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert blocks["student-steps"].visible is True and blocks["student-steps"].maximum == 3
+    assert blocks["student-steps"].value == 3 and "2.5, 1, 0.3" in blocks["student-steps"].label
 
 
 # -- start-up errors: one line, exit code 2, no server needed

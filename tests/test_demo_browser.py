@@ -1,9 +1,10 @@
 """The demo page in a real browser: Debian's Chromium driven by Playwright (Python, sync API).
 
 Picks a class, asks for the teacher too, clicks Generate and waits until both galleries show their images;
-a screenshot lands in the test's tmp_path. Every request to anything but the local server is blocked and
-recorded, so the test also proves the page works offline (no font CDN, no analytics). ``playwright install``
-is never needed: the browser is ``/usr/bin/chromium``.
+a screenshot lands in the test's tmp_path. With a 2-step student: ticks hybrid sampling, changes the teacher's and
+the student's step counts and checks that the hybrid gallery and the info text follow. Every request to anything
+but the local server is blocked and recorded, so the test also proves the page works offline (no font CDN, no
+analytics). ``playwright install`` is never needed: the browser is ``/usr/bin/chromium``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def tiny_unet(seed: int) -> EDMUNet:
 def url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_ckpt")
     export_student(tiny_unet(0), 2.5, root / "student", class_names=NAMES)
+    tiny_unet(1).save_pretrained(root / "teacher")
+    demo = create_demo(student_path=root / "student", teacher_path=root / "teacher", device="cpu",
+                       display_scale=SCALE)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, local_url, _ = launch_demo(demo, port=port, prevent_thread_lock=True, quiet=True)
+    yield local_url.rstrip("/")
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def k_url(tmp_path_factory):
+    """A 2-step student (exported as tests/test_few_step.py does) next to its teacher."""
+    root = tmp_path_factory.mktemp("browser_k_ckpt")
+    export_student(tiny_unet(0), 2.5, root / "student", class_names=NAMES, student_sigmas=[2.5, 0.6])
     tiny_unet(1).save_pretrained(root / "teacher")
     demo = create_demo(student_path=root / "student", teacher_path=root / "teacher", device="cpu",
                        display_scale=SCALE)  # fmt: skip
@@ -148,3 +165,56 @@ def test_bad_seed_shows_an_error_and_the_page_keeps_working(page, url):
     page.locator("#seed input").press("Tab")
     page.click("#generate")
     page.wait_for_function("document.querySelectorAll('#student-gallery img').length === 8", timeout=TIMEOUT_MS)
+
+
+def set_number(page, selector: str, value: int) -> None:
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_hybrid_checkbox_and_step_counts_update_gallery_and_info(browser, k_url, tmp_path):
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(k_url, wait_until="domcontentloaded")
+        page.wait_for_selector("#generate")
+        set_number(page, "#num-images", 4)
+        page.fill("#seed input", "7")
+        page.locator("#seed input").press("Tab")
+        page.get_by_label("Teacher's first step (hybrid sampling)").check()
+        set_number(page, "#hybrid-steps", 2)
+        set_number(page, "#student-steps", 1)
+        page.click("#generate")
+        page.wait_for_function(
+            """() => document.querySelector('#info').innerText.includes('(1 of 2 steps)')
+                     && document.querySelector('#info').innerText.includes("teacher's first 2")""",
+            timeout=TIMEOUT_MS,
+        )
+        page.wait_for_function(
+            """n => ['student-gallery', 'hybrid-gallery'].every(id =>
+                   [...document.querySelectorAll(`#${id} img`)].filter(im => im.complete && im.naturalWidth > 0)
+                   .length === n)""",
+            arg=4,
+            timeout=TIMEOUT_MS,
+        )
+        assert gallery_images_loaded(page, "hybrid-gallery") == 4
+        assert "5 + 1 = 6" in page.inner_text("#info")  # 2 Heun steps + the hand-over, then the 1 student step
+        page.screenshot(path=str(tmp_path / "hybrid.png"), full_page=True)
+
+        set_number(page, "#student-steps", 2)  # the student's own steps change the info and the NFE
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#info').innerText.includes('(2 of 2 steps)')")
+        assert "2-step student (2 of 2 steps)" in page.inner_text("#info")
+
+        page.get_by_label("Teacher's first step (hybrid sampling)").uncheck()
+        page.click("#generate")
+        page.wait_for_function(
+            """() => !document.querySelector('#info').innerText.includes('hybrid (')
+                     && document.querySelectorAll('#hybrid-gallery img').length === 0""",
+            timeout=TIMEOUT_MS,
+        )
+        assert gallery_images_loaded(page, "student-gallery") == 4
+    finally:
+        context.close()

@@ -1,5 +1,6 @@
-"""Bad API input to the demo, fuzzed: random class names, prompts, seeds, counts, teacher NFE and CFG scales given to
-the function behind Gradio's ``/generate`` endpoint (called directly, no HTTP) either return the requested images or
+"""Bad API input to the demo, fuzzed: random class names, prompts, seeds, counts, teacher NFE, CFG scales, hybrid
+teacher steps and student steps (a one-step and a 3-step student) given to the function behind Gradio's ``/generate``
+endpoint (called directly, no HTTP) either return the requested images or
 are refused with exactly one ``gr.Error`` whose message is one short line naming the field, never another exception;
 the engine serves a good request after every example."""
 
@@ -20,7 +21,7 @@ from fdistill.export.pipeline import export_student  # noqa: E402
 
 MAX_MESSAGE = 300
 GOOD = {"class_name": "beta", "prompt": "a red bag", "seed": 0, "num_images": 1, "run_teacher": False,
-        "teacher_nfe": 2, "cfg_scale": 1.0}  # fmt: skip
+        "teacher_nfe": 2, "cfg_scale": 1.0, "hybrid": False, "hybrid_steps": 1, "student_steps": 1}  # fmt: skip
 ARGS = list(GOOD)
 
 
@@ -44,7 +45,10 @@ def demos(tmp_path_factory, request):
     request.addfinalizer(lambda: delattr(fdistill.export.pipeline, "TextStubPipeline"))
     TextStubPipeline(tiny_unet(num_classes=0)).save_pretrained(root / "text")
     text_demo = create_demo(root / "text", device="cpu", load_teacher=False, display_scale=1)
-    return {"class": endpoint(class_demo), "text": endpoint(text_demo)}
+    # a 3-step student (as tests/test_few_step.py exports one) with the same teacher
+    export_student(tiny_unet(), 2.5, root / "k3", class_names=NAMES, student_sigmas=[2.5, 1.0, 0.3])
+    k_demo = create_demo(root / "k3", root / "teacher", device="cpu", display_scale=1)
+    return {"class": endpoint(class_demo), "text": endpoint(text_demo), "kstep": endpoint(k_demo)}
 
 
 nasty_floats = st.sampled_from([math.nan, -math.nan, math.inf, -math.inf, 1e308, -1e308, 0.5, -0.0, 1e-300])
@@ -83,6 +87,9 @@ fuzzed = st.fixed_dictionaries(
         "run_teacher": st.one_of(st.booleans(), st.sampled_from([None, 0, 1])),
         "teacher_nfe": st.one_of(st.integers(-1, 6), numbers),
         "cfg_scale": st.one_of(st.floats(-1, 11), numbers),
+        "hybrid": st.one_of(st.booleans(), st.sampled_from([None, 0, 1])),
+        "hybrid_steps": st.one_of(st.integers(-1, 6), numbers),
+        "student_steps": st.one_of(st.integers(-1, 5), st.none(), numbers),
     }
 )
 valid = st.fixed_dictionaries(
@@ -94,6 +101,9 @@ valid = st.fixed_dictionaries(
         "run_teacher": st.booleans(),
         "teacher_nfe": st.one_of(st.integers(1, 4), st.just(3.0)),
         "cfg_scale": st.one_of(st.floats(0, 10), st.sampled_from([0, 10, 1])),
+        "hybrid": st.booleans(),
+        "hybrid_steps": st.sampled_from([1, 1.0]),  # teacher NFE 1..4 is 1 or 2 Heun steps
+        "student_steps": st.sampled_from([None, 1, 1.0]),
     }
 )
 # a valid request with 0..3 of its fields fuzzed: whole requests are accepted, and each bad field is met alone too
@@ -105,7 +115,7 @@ requests = st.tuples(
 def _check(fn, kw: dict) -> str:
     """Call the endpoint with ``kw`` and check the contract; ``"ok"`` or ``"refused"``."""
     try:
-        student, teacher, info, seed_used = fn(*(kw[a] for a in ARGS))
+        student, teacher, info, seed_used, hybrid = fn(*(kw[a] for a in ARGS))
     except gr.Error as e:
         msg = str(e.message)
         assert msg and "\n" not in msg and "\r" not in msg and len(msg) <= MAX_MESSAGE, (kw, msg)
@@ -116,12 +126,13 @@ def _check(fn, kw: dict) -> str:
     n = int(kw["num_images"])
     assert len(student) == n and all(im.size == (SIZE, SIZE) for im, _ in student), kw
     assert len(teacher) == (n if kw["run_teacher"] else 0), kw
+    assert len(hybrid) == (n if kw["hybrid"] else 0) and all(im.size == (SIZE, SIZE) for im, _ in hybrid), kw
     assert isinstance(info, str) and isinstance(seed_used, int) and 0 <= seed_used < 2**32, kw
     return "ok"
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["class", "text"]), kw=requests)
+@given(kind=st.sampled_from(["class", "text", "kstep"]), kw=requests)
 def test_random_requests_return_images_or_one_line_error(demos, kind, kw):
     fn = demos[kind]
     _check(fn, kw)
@@ -147,11 +158,29 @@ def test_random_requests_return_images_or_one_line_error(demos, kind, kw):
         {"run_teacher": True, "cfg_scale": math.inf},
         {"run_teacher": True, "cfg_scale": "abc"},
         {"run_teacher": True, "cfg_scale": 1 + 2j},
+        {"hybrid": True, "hybrid_steps": 0},
+        {"hybrid": True, "hybrid_steps": 5},
+        {"hybrid": True, "hybrid_steps": 2},  # teacher NFE 2 is 1 Heun step
+        {"hybrid": True, "hybrid_steps": math.nan},
+        {"hybrid": True, "hybrid_steps": "1"},
+        {"hybrid": True, "cfg_scale": math.inf},
+        {"student_steps": 2},  # a one-step student
+        {"student_steps": 0},
+        {"student_steps": math.inf},
+        {"student_steps": "1"},
     ],
 )
 def test_known_bad_requests_are_refused(demos, bad):
     assert _check(demos["class"], {**GOOD, **bad}) == "refused"
     assert _check(demos["class"], {**GOOD, "run_teacher": True}) == "ok"
+    assert _check(demos["class"], {**GOOD, "hybrid": True}) == "ok"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 3.0, None])
+def test_k_step_student_takes_its_steps_and_the_hybrid(demos, steps):
+    assert _check(demos["kstep"], {**GOOD, "student_steps": steps, "hybrid": True, "run_teacher": True}) == "ok"
+    for bad in (4, 0, -1, 2.5):
+        assert _check(demos["kstep"], {**GOOD, "student_steps": bad}) == "refused"
 
 
 @pytest.mark.parametrize("prompt", ["", " \t\n", "\x1c\x1d", None, 5, ["a"], "a" * 1001])

@@ -127,6 +127,18 @@ def test_bad_prompt_and_guidance_are_value_errors(engine):
         engine.generate(None, "a", seed=0, num_images=1, run_teacher=True, teacher_nfe=2, cfg_scale=0.5)
 
 
+def test_hybrid_is_off_and_the_student_has_one_step(engine):
+    """hybrid_sample supports pixel teachers only, and an SD student is one step: both say so, one line each."""
+    assert engine.num_steps == 1 and engine.student_sigmas == [] and "pixel teacher" in engine.hybrid_note
+    with pytest.raises(ValueError, match="hybrid sampling is off: .*pixel teacher"):
+        engine.generate(None, "a", seed=0, num_images=1, teacher_nfe=2, hybrid_steps=1)
+    r = engine.generate(None, "a", seed=0, num_images=1, student_steps=1)
+    assert r.student_steps == 1 and r.hybrid is None
+    assert torch.equal(r.student, engine.generate(None, "a", seed=0, num_images=1).student)
+    with pytest.raises(ValueError, match=r"student steps must be in 1\.\.1"):
+        engine.generate(None, "a", seed=0, num_images=1, student_steps=2)
+
+
 def test_concurrent_requests_match_sequential_ones(engine):
     jobs = [(s, nfe, w) for s in (1, 2) for nfe, w in ((2, 1.0), (3, 2.5), (5, 4.0))]
 
@@ -221,6 +233,9 @@ def test_page_has_a_prompt_box_with_example_prompts_and_serves_them(folders):
     assert len(examples) == NUM_EXAMPLES and set(examples) <= set(PROMPTS) and examples[0] == PROMPTS[0]
     assert blocks["cfg-scale"].minimum == 1.0 and blocks["cfg-scale"].interactive is not False
     assert "DPM-Solver++" in blocks["teacher-nfe"].label
+    assert blocks["hybrid"].interactive is False and "pixel teacher" in blocks["hybrid"].info
+    assert blocks["hybrid-steps"].interactive is False and blocks["hybrid-gallery"].visible is False
+    assert blocks["student-steps"].visible is False
     _, url, _ = launch_demo(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(url, verbose=False)

@@ -20,6 +20,14 @@ the same noise ``z`` (one CPU ``torch.Generator`` per request, the first draw of
 like-for-like comparison. Each side's latency is the wall time of its network work only (CUDA synchronised,
 PIL conversion excluded); the speed-up is their ratio, measured under whatever load the server has.
 
+K-step students and hybrid sampling. A K-step student (``student_sigmas`` in its config, docs/math.md §2.10)
+gets a "student steps" slider, 1..K, passed as ``num_inference_steps`` (its first n levels; hidden for a one-step
+student). "Teacher's first step" (hybrid sampling, Gandikota & Bau 2025, docs/math.md §2.11;
+:func:`fdistill.apps.sample.hybrid_sample`) also samples a third gallery: the teacher's first N (1..4) Heun steps of
+its NFE schedule from ``sigma_max * z`` (the same ``z``), its x0 prediction re-noised to the first student level at
+or below the sigma reached, then the student's remaining steps; the info table shows its latency and NFE (teacher
+calls + student calls) beside the student's. It needs a pixel teacher: off, with a note, for an SD student.
+
 Text-to-image students. A student exported by :mod:`fdistill.export.stable_diffusion` is a stock diffusers
 ``StableDiffusionPipeline`` folder (``LCMScheduler``, ``fdistill_export.json`` recording ``t_init``). It is served
 with the exact call that file records, ``pipe(prompt, num_inference_steps=1, timesteps=[t_init],
@@ -46,8 +54,10 @@ would fail the whole merged batch and a long teacher run would stall the student
 the one-step student is already cheap, and within a request all N images are one batch.
 
 API. The ``generate`` endpoint (``gradio_client.Client(url).predict(..., api_name="/generate")``) takes
-``class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale`` and returns
-``(student_gallery, teacher_gallery, info_markdown, seed_used)``. The input list is the same for every
+``class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale, hybrid, hybrid_steps, student_steps``
+(the last three have defaults: off, 1, K) and returns ``(student_gallery, teacher_gallery, info_markdown,
+seed_used)``; the hybrid gallery reaches the page through a ``gr.State`` (API clients see its latency in the info
+text). The input list is the same for every
 student, so client code does not change with the checkpoint: a class-conditional student ignores ``prompt``;
 a text-to-image student (a ``StableDiffusionPipeline`` folder, or a pipeline whose config says
 ``text_conditional: true``) shows a prompt box instead of the class dropdown and ignores ``class_name``. Bad
@@ -88,6 +98,7 @@ from fdistill.apps.demo.engine import (  # noqa: E402
     ALL_CLASSES,
     DEFAULT_NFE,
     MAX_CFG,
+    MAX_HYBRID_STEPS,
     MAX_IMAGES,
     MAX_NFE,
     MAX_PROMPT_CHARS,
@@ -117,6 +128,7 @@ __all__ = [
     "DEFAULT_TEACHER",
     "EDM_SAMPLER",
     "MAX_CFG",
+    "MAX_HYBRID_STEPS",
     "MAX_IMAGES",
     "MAX_NFE",
     "MAX_PROMPT_CHARS",

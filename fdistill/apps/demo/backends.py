@@ -5,6 +5,9 @@
   Heun sampler (Karras et al. 2022, Alg. 1; :func:`fdistill.core.sampling.edm_heun_sampler`) from ``sigma_max * z``
   with classifier-free guidance ``D_u + w (D_c - D_u)`` (:func:`fdistill.core.guidance.combine`, docs/math.md §1.2),
   both branches in one batch of 2N.
+  A K-step student (docs/math.md §2.10) runs ``num_inference_steps = n`` of its K levels; hybrid sampling
+  (docs/math.md §2.11, :func:`fdistill.apps.sample.hybrid_sample`) lets the teacher take the first N Heun steps
+  from ``sigma_max * z`` and hands its x0 prediction, re-noised, to the student.
 - :class:`SDBackend`: a stock ``StableDiffusionPipeline`` student (:mod:`fdistill.export.stable_diffusion`) run with
   the one-step call its ``fdistill_export.json`` records, next to the SD-style folder it was distilled from, run by
   the stock pipeline with DPM-Solver++ 2M (:func:`fdistill.export.loading.load_sd_teacher`).
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from fdistill.apps.sample import HybridOutput, hybrid_sample
 from fdistill.core.guidance import combine
 from fdistill.core.sampling import edm_heun_sampler
 from fdistill.export.loading import (
@@ -37,7 +41,9 @@ from fdistill.export.loading import (
     one_line,
     sd_one_step_call,
 )
+from fdistill.export.pipeline import OneStepPipeline
 from fdistill.export.stable_diffusion import EXPORT_FILE
+from fdistill.teachers.diffusers import UNetTeacher
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -106,9 +112,12 @@ class Backend:
     """A loaded student (and optional teacher) of one kind; subclasses fill in the loading and the two runs.
 
     Attributes set by a subclass: ``text_conditional``, ``num_classes``, ``class_names``, ``latent_shape`` (the
-    noise ``z``), ``image_shape``, ``student_call`` (the recorded one-step call of a stock pipeline, else ``{}``)."""
+    noise ``z``), ``image_shape``, ``student_call`` (the recorded one-step call of a stock pipeline, else ``{}``),
+    ``student_sigmas`` (a pixel student's K levels, one for a one-step student; ``[]`` for a stock SD student)."""
 
     sd: ClassVar[bool] = False
+    #: why hybrid sampling is not offered with this kind of teacher ("" = it is)
+    hybrid_unsupported: ClassVar[str] = ""
     sampler: ClassVar[str] = EDM_SAMPLER
     min_cfg: ClassVar[float] = 0.0  # the smallest teacher CFG scale the sampler accepts
     default_kind: ClassVar[str] = "default"  # how a teacher the user did not name is described
@@ -117,6 +126,7 @@ class Backend:
     class_names: list[str]
     latent_shape: tuple[int, ...]
     image_shape: tuple[int, ...]
+    student_sigmas: list[float]
 
     def __init__(self, pipe: Any, student_path: Path, device: torch.device) -> None:
         self.pipe, self.student_path, self.device = pipe, student_path, device
@@ -124,6 +134,11 @@ class Backend:
         self.teacher: Any = None
         self.teacher_path: Path | None = None
         self.teacher_note = "not loaded (--no-teacher)"
+
+    @property
+    def num_steps(self) -> int:
+        """K, the student's number of steps (1 for a one-step student)."""
+        return len(self.student_sigmas) or 1
 
     # -- teacher setup
     def find_teacher(self, teacher_path: str | Path | None, card: dict[str, Any]) -> tuple[Path | None, bool]:
@@ -178,9 +193,19 @@ class Backend:
             else:
                 yield
 
-    def run_student(self, n: int, labels: list[int] | None, seed: int, prompt: str | None) -> torch.Tensor:
-        """``n`` student images in [-1, 1] (NCHW, on the device) for ``seed``."""
+    def run_student(
+        self, n: int, labels: list[int] | None, seed: int, prompt: str | None, steps: int | None = None
+    ) -> torch.Tensor:
+        """``n`` student images in [-1, 1] (NCHW, on the device) for ``seed``, with ``steps`` of its K (None: K)."""
         raise NotImplementedError
+
+    def run_hybrid(
+        self, n: int, labels: list[int] | None, seed: int, hybrid_steps: int, nfe: int, cfg_scale: float,
+        steps: int | None = None,
+    ) -> HybridOutput:  # fmt: skip
+        """The teacher's first ``hybrid_steps`` Heun steps of its ``nfe`` schedule, then the student (``steps`` of
+        its levels) on the same ``z`` (docs/math.md §2.11)."""
+        raise ValueError(f"hybrid sampling is not available: {self.hybrid_unsupported}")
 
     def run_teacher(
         self, n: int, labels: list[int] | None, seed: int, nfe: int, cfg_scale: float, prompt: str | None
@@ -219,12 +244,17 @@ class PixelBackend(Backend):
         unet_cfg = pipe.unet.config
         self.image_shape = (int(unet_cfg.in_channels), int(unet_cfg.sample_size), int(unet_cfg.sample_size))
         self.latent_shape = self.image_shape
+        self.student_sigmas = [float(s) for s in getattr(pipe, "student_sigmas", [cfg.get("sigma_init", 2.5)])]
+        self._views: dict[int, OneStepPipeline] = {}
+        self._hybrid_teacher: UNetTeacher | None = None
 
     def teacher_found(self, path: Path) -> bool:
         return (path / "config.json").is_file()
 
     def load_teacher(self, path: Path) -> Any:
-        return load_teacher_checkpoint(path, self.device)
+        net = load_teacher_checkpoint(path, self.device)
+        self._hybrid_teacher = UNetTeacher(net)  # the same network as hybrid_sample's Teacher (made once, here)
+        return net
 
     def describe_teacher(self, path: Path) -> str:
         return f"`{path}` ({EDM_SAMPLER} sampler)"
@@ -242,8 +272,12 @@ class PixelBackend(Backend):
                 f"{self.student_path} has {self.num_classes}; pass the teacher it was distilled from (--teacher)"
             )
 
-    def run_student(self, n: int, labels: list[int] | None, seed: int, prompt: str | None) -> torch.Tensor:
+    def run_student(
+        self, n: int, labels: list[int] | None, seed: int, prompt: str | None, steps: int | None = None
+    ) -> torch.Tensor:
         kwargs: dict[str, Any] = {"prompt": [prompt] * n} if self.text_conditional else {"class_labels": labels}
+        if steps is not None and self.num_steps > 1:  # a K-step student: its first `steps` levels
+            kwargs["num_inference_steps"] = steps
         with self.precision():
             return self.pipe(batch_size=n, seed=seed, output_type="pt", **kwargs).images.float()
 
@@ -270,6 +304,33 @@ class PixelBackend(Backend):
             x = edm_heun_sampler(denoise, (n, *self.image_shape), nfe=nfe, device="cpu", z=z)
         return x.float().clamp(-1, 1)
 
+    def student_view(self, steps: int | None) -> OneStepPipeline:
+        """The student limited to its first ``steps`` levels (sharing its network): what ``num_inference_steps =
+        steps`` samples, as a pipeline :func:`~fdistill.apps.sample.hybrid_sample` can hand over to."""
+        if steps is None or steps == self.num_steps:
+            return self.pipe
+        if steps not in self._views:
+            cfg = self.pipe.config
+            self._views[steps] = OneStepPipeline(
+                self.pipe.unet, cfg.sigma_init, cfg.class_names, cfg.get("input_scaling", "ve"),
+                self.student_sigmas[:steps],
+            )  # fmt: skip
+        return self._views[steps]
+
+    def run_hybrid(
+        self, n: int, labels: list[int] | None, seed: int, hybrid_steps: int, nfe: int, cfg_scale: float,
+        steps: int | None = None,
+    ) -> HybridOutput:  # fmt: skip
+        """:func:`~fdistill.apps.sample.hybrid_sample` with the seed's generator: its first draw is the same ``z``
+        as the student's and the teacher's (labels are given, so none is drawn); N = 0 is the student's own call."""
+        if self.teacher is None or self._hybrid_teacher is None:
+            raise ValueError("hybrid sampling needs the teacher, which is not loaded")
+        with self.precision():
+            out = hybrid_sample(self.student_view(steps), self._hybrid_teacher, n, hybrid_steps, nfe=nfe,
+                                class_labels=labels, seed=seed, guidance=cfg_scale)  # fmt: skip
+        out.images = out.images.float()
+        return out
+
 
 class SDBackend(Backend):
     """A stock ``StableDiffusionPipeline`` student (its recorded one-step call) and its SD-style teacher folder
@@ -279,6 +340,7 @@ class SDBackend(Backend):
     sampler = SD_SAMPLER
     min_cfg = 1.0
     default_kind = "recorded"
+    hybrid_unsupported = "it needs a pixel teacher (fdistill.apps.sample.hybrid_sample), not a latent SD one"
 
     def __init__(self, pipe: Any, student_path: Path, device: torch.device) -> None:
         super().__init__(pipe, student_path, device)
@@ -288,6 +350,7 @@ class SDBackend(Backend):
         f = int(pipe.vae_scale_factor)
         self.latent_shape = (int(pipe.unet.config.in_channels), h, w)
         self.image_shape = (int(pipe.vae.config.out_channels), h * f, w * f)
+        self.student_sigmas = []  # one step at the recorded t_init (a K-step SD export is not supported)
 
     def find_teacher(self, teacher_path: str | Path | None, card: dict[str, Any]) -> tuple[Path | None, bool]:
         """A teacher the user names (``--teacher`` or ``$FDISTILL_TEACHER``), else the one the student records."""
@@ -326,7 +389,9 @@ class SDBackend(Backend):
                 f"{self.student_path} has {widths[1]}; {hint}"
             )
 
-    def run_student(self, n: int, labels: list[int] | None, seed: int, prompt: str | None) -> torch.Tensor:
+    def run_student(
+        self, n: int, labels: list[int] | None, seed: int, prompt: str | None, steps: int | None = None
+    ) -> torch.Tensor:
         """The stock pipeline with the exact call ``fdistill_export.json`` records, on ``z``."""
         pipe, z = _per_request(self.pipe), initial_noise(n, seed, self.latent_shape).to(self.device)
         with self.precision():

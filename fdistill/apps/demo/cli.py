@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The same page runs with `python app/app.py [options]`. Offline defaults: HF_HUB_OFFLINE=1,\n"
         "GRADIO_ANALYTICS_ENABLED=False (set them in the environment to override). API:\n"
         "gradio_client.Client(URL).predict(class_name, prompt, seed, num_images, run_teacher, teacher_nfe,\n"
-        'cfg_scale, api_name="/generate").',
+        'cfg_scale, hybrid, hybrid_steps, student_steps, api_name="/generate") (the last three optional).',
     )
     p.add_argument(
         "--checkpoint",

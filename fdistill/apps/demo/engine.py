@@ -3,6 +3,8 @@
 The models behind it are a :mod:`fdistill.apps.demo.backends` backend (a one-step pixel student with its EDM teacher,
 or a stock Stable-Diffusion student with its SD teacher); both sides of a request start from the same noise ``z``
 (docs/math.md §1.1: the student maps ``sigma_init * z`` in one step, the teacher integrates from ``sigma_max * z``).
+A K-step student (§2.10) runs ``student_steps`` of its K levels; a hybrid request (§2.11) also runs the teacher's
+first N Heun steps followed by the student, from the same ``z``, timed on its own.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import torch
 
 from fdistill.apps.demo.backends import DEFAULT_STUDENT, STUDENT_ENV, Backend, load_backend, resolve_checkpoint
 from fdistill.apps.demo.backends import initial_noise as _initial_noise
+from fdistill.apps.sample import HybridOutput
+from fdistill.core.sampling import heun_steps_for_nfe
 from fdistill.export.loading import CheckpointLoadError, pick_device
 
-__all__ = ["ALL_CLASSES", "DemoEngine", "DemoSetupError", "GenerationResult"]
+__all__ = ["ALL_CLASSES", "MAX_HYBRID_STEPS", "DemoEngine", "DemoSetupError", "GenerationResult"]
 
 log = logging.getLogger("fdistill.apps.demo")
 
@@ -34,6 +38,7 @@ MAX_SEED = 2**32 - 1
 MAX_NFE = 79
 DEFAULT_NFE = 35
 MAX_CFG = 10.0
+MAX_HYBRID_STEPS = 4  # the teacher's first N Heun steps of a hybrid request: 1..4 (0 = off)
 MAX_PROMPT_CHARS = 1000
 NUM_EXAMPLES = 8
 ALL_CLASSES = "All classes (cycled)"
@@ -60,7 +65,11 @@ def _read_card(path: Path) -> dict[str, Any]:
 
 @dataclass
 class GenerationResult:
-    """One request's output: images in [-1, 1] (NCHW, CPU) and the measured latencies in milliseconds."""
+    """One request's output: images in [-1, 1] (NCHW, CPU) and the measured latencies in milliseconds.
+
+    ``student_steps``: the student's steps used (of its ``student_k``); ``hybrid``: the hybrid request's output
+    (its images on the CPU, the hand-over and the NFEs spent; ``None`` when not asked), ``hybrid_ms`` its latency,
+    ``hybrid_steps`` its N."""
 
     seed: int
     subject: str
@@ -73,6 +82,12 @@ class GenerationResult:
     teacher_nfe: int | None = None
     cfg_scale: float | None = None
     teacher_sampler: str | None = None
+    student_steps: int = 1
+    student_k: int = 1  # K, the student's number of steps
+    hybrid: HybridOutput | None = None
+    hybrid_ms: float | None = None
+    hybrid_steps: int = 0
+    hybrid_nfe: int | None = None  # the teacher's schedule (its NFE budget) the hybrid's first steps come from
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -206,6 +221,23 @@ class DemoEngine:
         return self.backend.min_cfg
 
     @property
+    def student_sigmas(self) -> list[float]:
+        """The student's K levels (``[sigma_init]`` for a one-step pixel student; ``[]`` for a stock SD student)."""
+        return self.backend.student_sigmas
+
+    @property
+    def num_steps(self) -> int:
+        """K, the student's number of steps: ``student_steps`` accepts 1..K."""
+        return self.backend.num_steps
+
+    @property
+    def hybrid_note(self) -> str:
+        """Why hybrid sampling is off ("" when a teacher that supports it is loaded)."""
+        if self.backend.hybrid_unsupported:
+            return self.backend.hybrid_unsupported
+        return "" if self.teacher is not None else f"needs a teacher ({self.teacher_note.replace('`', '')})"
+
+    @property
     def guidable(self) -> bool:
         """Whether the teacher's CFG scale does anything: a conditional (class or text) teacher."""
         return bool(self.num_classes) or self.sd
@@ -244,6 +276,22 @@ class DemoEngine:
             raise ValueError(f"CFG scale must be in {lo:g}..{MAX_CFG:g} (1 = off){why}, got {_shown(cfg_scale)}")
         return nfe
 
+    def _check_hybrid_request(self, hybrid_steps: Any, teacher_nfe: Any, cfg_scale: Any) -> tuple[int, int | None]:
+        """``(N, teacher NFE)`` of a request; N = 0 (off) needs no teacher. ``ValueError`` for a bad N, a missing or
+        unsupported teacher, or an N beyond the teacher's schedule."""
+        n = _as_int(hybrid_steps, "teacher steps (hybrid)", 0, MAX_HYBRID_STEPS, " (0 = off)")
+        if n == 0:
+            return 0, None
+        if self.hybrid_note:
+            raise ValueError(f"hybrid sampling is off: {self.hybrid_note}")
+        nfe = self._check_teacher_request(teacher_nfe, cfg_scale)
+        if n > heun_steps_for_nfe(nfe):
+            raise ValueError(
+                f"teacher steps (hybrid) must be at most {heun_steps_for_nfe(nfe)}: teacher NFE {nfe} is "
+                f"{heun_steps_for_nfe(nfe)} Heun step(s), got {n}"
+            )
+        return n, nfe
+
     def generate(
         self,
         class_name: str | None = None,
@@ -253,10 +301,14 @@ class DemoEngine:
         run_teacher: bool = False,
         teacher_nfe: int | float = DEFAULT_NFE,
         cfg_scale: float = 1.0,
+        hybrid_steps: int = 0,
+        student_steps: int | None = None,
     ) -> GenerationResult:
-        """Validate the request, run the student (and the teacher when asked) on the same seed and labels.
+        """Validate the request, run the student (and the teacher, the hybrid when asked) on the same seed and labels.
 
-        Raises ``ValueError`` naming the bad value and what is accepted."""
+        ``hybrid_steps`` = N > 0 also samples the hybrid (the teacher's first N Heun steps of its ``teacher_nfe``
+        schedule at ``cfg_scale``, then the student); ``student_steps``: 1..K (None: K). Raises ``ValueError``
+        naming the bad value and what is accepted."""
         n = _as_int(num_images, "number of images", 1, MAX_IMAGES)
         seed = _as_int(seed, "seed", -1, MAX_SEED, " (-1 = random)")
         if seed == -1:
@@ -271,12 +323,16 @@ class DemoEngine:
             captions = names if class_name == ALL_CLASSES else [None] * n
             subject = "all classes" if class_name == ALL_CLASSES else (class_name if labels else "unconditional")
         nfe = self._check_teacher_request(teacher_nfe, cfg_scale) if run_teacher else None
+        hybrid_n, hybrid_nfe = self._check_hybrid_request(hybrid_steps, teacher_nfe, cfg_scale)
+        k = self.num_steps
+        steps = k if student_steps is None else _as_int(student_steps, "student steps", 1, k, f" (K = {k})")
 
         self._sync()
         t0 = time.perf_counter()
-        student = self.backend.run_student(n, labels, seed, prompt)
+        student = self.backend.run_student(n, labels, seed, prompt, steps)
         self._sync()
         result = GenerationResult(seed, subject, names, captions, student.cpu(), (time.perf_counter() - t0) * 1e3)
+        result.student_steps, result.student_k = steps, k
         if nfe is not None:
             t0 = time.perf_counter()
             result.teacher = self.backend.run_teacher(n, labels, seed, nfe, float(cfg_scale), prompt).cpu()
@@ -284,11 +340,20 @@ class DemoEngine:
             result.teacher_ms = (time.perf_counter() - t0) * 1e3
             result.teacher_nfe, result.cfg_scale = nfe, float(cfg_scale)
             result.teacher_sampler = self.teacher_sampler
+        if hybrid_nfe is not None:
+            t0 = time.perf_counter()
+            hybrid = self.backend.run_hybrid(n, labels, seed, hybrid_n, hybrid_nfe, float(cfg_scale), steps)
+            hybrid.images = hybrid.images.cpu()
+            self._sync()
+            result.hybrid, result.hybrid_ms, result.hybrid_steps = hybrid, (time.perf_counter() - t0) * 1e3, hybrid_n
+            result.hybrid_nfe, result.cfg_scale = hybrid_nfe, float(cfg_scale)
         log.info(
-            "seed=%d n=%d student=%.1fms teacher=%s",
+            "seed=%d n=%d student=%.1fms@%dsteps teacher=%s hybrid=%s",
             seed,
             n,
             result.student_ms,
+            steps,
             "off" if result.teacher_ms is None else f"{result.teacher_ms:.1f}ms@NFE{nfe}",
+            "off" if result.hybrid_ms is None else f"{result.hybrid_ms:.1f}ms@N{hybrid_n}",
         )
         return result

@@ -1,9 +1,12 @@
-"""The demo page: Gradio Blocks layout, the two galleries and the info text (latencies, speed-up).
+"""The demo page: Gradio Blocks layout, the galleries and the info text (latencies, speed-up).
 
-One request shows the one-step student's gallery (NFE 1) next to the teacher's (NFE = network calls; EDM Heun,
-Karras et al. 2022, or DPM-Solver++ for an SD teacher; CFG as docs/math.md §1.2) for the same seed; each PNG
-carries its provenance in an ``fdistill`` text chunk. Gradio is imported inside the functions that need it, so
-importing the demo works without it.
+One request shows the one-step student's gallery (NFE 1; a K-step student's chosen steps, docs/math.md §2.10) next
+to the teacher's (NFE = network calls; EDM Heun, Karras et al. 2022, or DPM-Solver++ for an SD teacher; CFG as
+docs/math.md §1.2) and, when ticked, the hybrid's (the teacher's first N Heun steps, then the student: §2.11) for
+the same seed; each PNG carries its provenance in an ``fdistill`` text chunk. The ``/generate`` endpoint returns
+four values (the hybrid gallery reaches the page through a ``gr.State`` and a follow-up event, so API clients keep
+their four outputs; the hybrid's latency is in the info text). Gradio is imported inside the functions that need
+it, so importing the demo works without it.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from fdistill.apps.demo.engine import (
     ALL_CLASSES,
     DEFAULT_NFE,
     MAX_CFG,
+    MAX_HYBRID_STEPS,
     MAX_IMAGES,
     MAX_NFE,
     NUM_EXAMPLES,
     DemoEngine,
     GenerationResult,
 )
+from fdistill.core.sampling import heun_steps_for_nfe
 from fdistill.export.loading import SD_PIPELINE, one_line
 
 if TYPE_CHECKING:
@@ -44,7 +49,7 @@ DEFAULT_CACHE_TTL = 3600  # seconds a result PNG stays in Gradio's cache (swept 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
-#student-gallery img, #teacher-gallery img { image-rendering: pixelated; }
+#student-gallery img, #teacher-gallery img, #hybrid-gallery img { image-rendering: pixelated; }
 """
 
 
@@ -69,18 +74,22 @@ def gallery(r: GenerationResult, which: str, scale: int, request_id: str) -> lis
     The request id also makes every file unique: Gradio caches outputs under their content hash and rewrites
     the file in place, so two concurrent requests with the same seed (or a collapsed student's identical
     images) would otherwise race on one file and a browser could fetch it half written."""
-    images = r.student if which == "student" else r.teacher
+    h = r.hybrid
+    images = {"student": r.student, "teacher": r.teacher, "hybrid": None if h is None else h.images}[which]
     if images is None:
         return []
-    model = (
-        {"model": "one-step student", "nfe": 1}
-        if which == "student"
-        else {
+    if which == "student":
+        model: dict[str, Any] = {"model": _student_name(r.student_steps, r.student_k), "nfe": r.student_steps}
+    elif which == "teacher":
+        model = {
             "model": f"teacher ({r.teacher_sampler or EDM_SAMPLER})",
             "nfe": r.teacher_nfe,
             "cfg_scale": r.cfg_scale,
         }
-    )
+    else:
+        model = {"model": f"hybrid ({r.hybrid_steps} teacher steps of NFE {r.hybrid_nfe}, then the student)",
+                 "nfe": h.teacher_nfe + h.student_nfe, "teacher_nfe": h.teacher_nfe, "student_nfe": h.student_nfe,
+                 "cfg_scale": r.cfg_scale}  # fmt: skip
     n = images.shape[0]
     meta = [
         {**model, "seed": r.seed, "num_images": n, "index": i, "class": r.names[i], "request": request_id}
@@ -89,14 +98,44 @@ def gallery(r: GenerationResult, which: str, scale: int, request_id: str) -> lis
     return list(zip(to_display(images, scale, meta), r.captions, strict=True))
 
 
+def _student_name(steps: int, k: int) -> str:
+    """``one-step student``, or ``K-step student (n of K steps)``."""
+    return "one-step student" if k == 1 else f"{k}-step student ({steps} of {k} steps)"
+
+
+def _hybrid_lines(r: GenerationResult, engine: DemoEngine) -> tuple[str, str]:
+    """The hybrid's latency-table row and the line that says where it handed over (docs/math.md §2.11)."""
+    h, n, big_n = r.hybrid, r.student.shape[0], r.hybrid_steps
+    row = (
+        f"| hybrid (teacher's first {big_n} {EDM_SAMPLER} step{'s' * (big_n > 1)}, then the student) | "
+        f"{h.teacher_nfe} + {h.student_nfe} = {h.teacher_nfe + h.student_nfe} | {r.hybrid_ms:.1f} ms | "
+        f"{r.hybrid_ms / n:.2f} ms |"
+    )
+    if h.student_start is None:
+        return row, f"Hybrid: {big_n} steps are the teacher's whole NFE-{r.hybrid_nfe} schedule; the student is unused."
+    sigma_j = engine.student_sigmas[h.student_start]
+    return row, (
+        f"Hybrid: the teacher's first {big_n} of the {heun_steps_for_nfe(r.hybrid_nfe)} Heun steps of its "
+        f"NFE-{r.hybrid_nfe} schedule (from sigma_max z, CFG "
+        f"{'off' if r.cfg_scale == 1.0 or not engine.guidable else f'w = {r.cfg_scale:g}'}) reach sigma "
+        f"{h.handover_sigma:.3g}; its x0 prediction (one more teacher call) is re-noised to student level "
+        f"{h.student_start + 1}/{r.student_steps} (sigma {sigma_j:.3g}) and the student takes {h.student_nfe} "
+        f"step{'s' * (h.student_nfe > 1)}. NFE = teacher calls + student calls."
+    )
+
+
 def info_markdown(r: GenerationResult, engine: DemoEngine) -> str:
     """The seed, the latency table (NFE = network calls) and the speed-up of one request."""
     n = r.student.shape[0]
     rows = [
         "| model | NFE | latency | per image |",
         "| --- | --- | --- | --- |",
-        f"| one-step student | 1 | {r.student_ms:.1f} ms | {r.student_ms / n:.2f} ms |",
+        f"| {_student_name(r.student_steps, r.student_k)} | {r.student_steps} | {r.student_ms:.1f} ms | "
+        f"{r.student_ms / n:.2f} ms |",
     ]
+    hybrid_row, hybrid_note = _hybrid_lines(r, engine) if r.hybrid is not None else ("", "")
+    if hybrid_row:
+        rows.append(hybrid_row)
     lines = [
         f"**Seed used: {r.seed}** · {n} image{'s' * (n > 1)} of {r.subject} · {engine.device_name}, "
         f"{engine.dtype_name}",
@@ -122,12 +161,16 @@ def info_markdown(r: GenerationResult, engine: DemoEngine) -> str:
             ]
     else:
         lines += rows + ["", "Tick *also run the teacher* to compare against the multi-step teacher."]
+    if hybrid_note:
+        lines += ["", hybrid_note]
     return "\n".join(lines)
 
 
 def header_markdown(engine: DemoEngine) -> str:
     card = engine.card
-    what = [f"NFE 1, {engine.image_shape[1]}x{engine.image_shape[2]}"]
+    k = engine.num_steps
+    steps = "" if k == 1 else f" ({k} steps at sigmas {', '.join(f'{x:g}' for x in engine.student_sigmas)})"
+    what = [f"NFE {k}{steps}, {engine.image_shape[1]}x{engine.image_shape[2]}"]
     if engine.sd:
         t_init = engine.student_call["timesteps"][0]
         what.append(f"text-to-image, stock {SD_PIPELINE} at t_init {t_init}")
@@ -156,7 +199,10 @@ def _handler(engine: DemoEngine, display_scale: int) -> Callable[..., tuple[list
         run_teacher: bool,
         teacher_nfe: float,
         cfg_scale: float,
-    ) -> tuple[list, list, str, int]:
+        hybrid: bool = False,
+        hybrid_steps: float = 1,
+        student_steps: float | None = None,
+    ) -> tuple[list, list, str, int, list]:
         """Generate images with the one-step student and, optionally, the teacher on the same seed and labels.
 
         Args:
@@ -167,12 +213,20 @@ def _handler(engine: DemoEngine, display_scale: int) -> Callable[..., tuple[list
             run_teacher: also sample the multi-step teacher for the same seed and labels (or prompt).
             teacher_nfe: teacher network evaluations, 1..79 (EDM Heun; DPM-Solver++ steps for an SD teacher).
             cfg_scale: teacher classifier-free guidance scale, 0..10 (1 = off; 1..10 for an SD teacher).
+            hybrid: also sample the hybrid: the teacher's first hybrid_steps Heun steps (of its teacher_nfe schedule,
+                at cfg_scale), then the student (pixel teachers only).
+            hybrid_steps: the hybrid's teacher steps N, 1..4 (at most the teacher's Heun steps at teacher_nfe).
+            student_steps: the student's steps, 1..K (K-step students; 1 for a one-step student; None: K).
 
         Returns:
-            the student gallery, the teacher gallery (empty unless run_teacher), the info Markdown, the seed used.
+            the student gallery, the teacher gallery (empty unless run_teacher), the info Markdown, the seed used
+            (API clients get these four) and the hybrid gallery (empty unless hybrid; to the page's ``gr.State``).
         """
         try:
-            r = engine.generate(class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale)
+            if hybrid and _is_zero(hybrid_steps):  # ticked: 0 is not "off" but a bad N
+                raise ValueError(f"teacher steps (hybrid) must be in 1..{MAX_HYBRID_STEPS}, got 0")
+            r = engine.generate(class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale,
+                                hybrid_steps if hybrid else 0, student_steps)  # fmt: skip
         except ValueError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:  # never let one request take the page down; the traceback goes to the server log
@@ -181,9 +235,46 @@ def _handler(engine: DemoEngine, display_scale: int) -> Callable[..., tuple[list
         request_id = uuid.uuid4().hex[:12]
         student = gallery(r, "student", display_scale, request_id)
         teacher = gallery(r, "teacher", display_scale, request_id)
-        return student, teacher, info_markdown(r, engine), r.seed
+        hybrid_gallery = gallery(r, "hybrid", display_scale, request_id)
+        return student, teacher, info_markdown(r, engine), r.seed, hybrid_gallery
 
     return generate
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+
+
+def _step_controls(engine: DemoEngine) -> list[Any]:
+    """The hybrid checkbox, its teacher-steps slider (off without a pixel teacher, with a note saying why) and the
+    student-steps slider (shown for a K-step student only; fixed at 1 otherwise)."""
+    import gradio as gr  # optional dependency: importing the demo works without it
+
+    note, k = engine.hybrid_note, engine.num_steps
+    hybrid = gr.Checkbox(
+        False,
+        label="Teacher's first step (hybrid sampling)",
+        interactive=not note,
+        elem_id="hybrid",
+        info=f"off: {note}"
+        if note
+        else "the teacher takes the first N Heun steps (its NFE and CFG), the student "
+        "finishes from its x0 prediction; shown in a third gallery",
+    )
+    hybrid_steps = gr.Slider(
+        1, MAX_HYBRID_STEPS, value=1, step=1, label="Teacher steps N", interactive=not note, elem_id="hybrid-steps"
+    )
+    sigmas = ", ".join(f"{s:g}" for s in engine.student_sigmas)
+    student_steps = gr.Slider(
+        1,
+        max(k, 2),  # a slider needs a range; hidden (and fixed at 1) for a one-step student
+        value=k,
+        step=1,
+        label=f"Student steps (of its {k}, at sigmas {sigmas})" if k > 1 else "Student steps",
+        visible=k > 1,
+        elem_id="student-steps",
+    )
+    return [hybrid, hybrid_steps, student_steps]
 
 
 def _controls(engine: DemoEngine) -> tuple[list[Any], Any, Any]:
@@ -243,13 +334,14 @@ def _controls(engine: DemoEngine) -> tuple[list[Any], Any, Any]:
         interactive=has_teacher and engine.guidable,
         elem_id="cfg-scale",
     )
+    steps = _step_controls(engine)
     button = gr.Button("Generate", variant="primary", elem_id="generate")
     seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
-    return [class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale], button, seed_used
+    return [class_name, prompt, seed, num_images, run_teacher, teacher_nfe, cfg_scale, *steps], button, seed_used
 
 
-def _galleries(engine: DemoEngine) -> tuple[Any, Any, Any]:
-    """The right column: the student's gallery, the teacher's and the info text."""
+def _galleries(engine: DemoEngine) -> tuple[Any, Any, Any, Any]:
+    """The right column: the student's gallery, the hybrid's, the teacher's and the info text."""
     import gradio as gr  # optional dependency: importing the demo works without it
 
     gallery_kw: dict[str, Any] = {
@@ -260,12 +352,20 @@ def _galleries(engine: DemoEngine) -> tuple[Any, Any, Any]:
         "allow_preview": True,
         "preview": False,
     }
-    student_gallery = gr.Gallery(label="One-step student (NFE 1)", elem_id="student-gallery", **gallery_kw)
+    k = engine.num_steps
+    label = "One-step student (NFE 1)" if k == 1 else f"{k}-step student (NFE = the steps chosen)"
+    student_gallery = gr.Gallery(label=label, elem_id="student-gallery", **gallery_kw)
+    hybrid_gallery = gr.Gallery(
+        label="Hybrid: the teacher's first N steps, then the student",
+        elem_id="hybrid-gallery",
+        visible=not engine.hybrid_note,
+        **gallery_kw,
+    )
     teacher_gallery = gr.Gallery(
         label="Teacher", elem_id="teacher-gallery", visible=engine.teacher is not None, **gallery_kw
     )
     info = gr.Markdown(label="Info", elem_id="info")
-    return student_gallery, teacher_gallery, info
+    return student_gallery, hybrid_gallery, teacher_gallery, info
 
 
 def create_demo(
@@ -304,12 +404,16 @@ def create_demo(
             with gr.Column(scale=1, min_width=280):
                 inputs, button, seed_used = _controls(engine)
             with gr.Column(scale=3):
-                student_gallery, teacher_gallery, info = _galleries(engine)
+                student_gallery, hybrid_gallery, teacher_gallery, info = _galleries(engine)
+        # the hybrid gallery goes through a State, which API clients do not see: /generate keeps its four outputs
+        hybrid_state = gr.State(None)
         button.click(
             _handler(engine, display_scale),
             inputs=inputs,
-            outputs=[student_gallery, teacher_gallery, info, seed_used],
+            outputs=[student_gallery, teacher_gallery, info, seed_used, hybrid_state],
             api_name="generate",
+        ).then(
+            lambda g: (g, None), inputs=hybrid_state, outputs=[hybrid_gallery, hybrid_state], api_visibility="private"
         )
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     demo.engine = engine
