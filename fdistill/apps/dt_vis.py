@@ -7,8 +7,8 @@ steps, one cell per step, left to right:
   evaluation; the last cell, at sigma_min, is the sample);
 - **student**: its K steps from ``sigma_1 z`` (a one-step student: one cell);
 - **hybrid** (``--hybrid-steps N``, :func:`fdistill.apps.sample.hybrid_sample`): the teacher's first N cells, then
-  the x0 prediction it hands over at the sigma it reached (equal to the teacher row's next cell), then the student's cells
-  from its hand-over level on.
+  the x0 prediction it hands over at the sigma it reached (equal to the teacher row's next cell), then the
+  student's cells from its hand-over level on.
 
 Rows go sample by sample (``--num`` samples): teacher, student, hybrid for each; a row shorter than the longest one
 is padded with white. ``OUT.json`` lists each row's sampler, label and the sigma of each cell. Pixel teachers only

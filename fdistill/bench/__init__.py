@@ -12,6 +12,7 @@ BENCHES = {
     "inception-speed": "fdistill.bench.inception_speed",
     "demo-load": "fdistill.bench.demo_load",
     "demo-soak": "fdistill.bench.demo_soak",
+    "gpu": "fdistill.bench.gpu",
 }
 
 

@@ -94,7 +94,10 @@ COMMANDS = {
     "dt-vis": (_delegate("fdistill.apps.dt_vis"), "grid of each step's x0 prediction: teacher, student, hybrid"),
     "plan": (_delegate("fdistill.apps.plan"), "per-GPU memory of a run (DDP / FSDP / LoRA), planned before it starts"),
     "demo": (_delegate("fdistill.apps.demo"), "serve the Gradio demo of a one-step student"),
-    "bench": (_delegate("fdistill.bench"), "benchmarks: gmm, image, image-fid, inception-speed, demo-load, demo-soak"),
+    "bench": (
+        _delegate("fdistill.bench"),
+        "benchmarks: gmm, image, image-fid, inception-speed, demo-load, demo-soak, gpu (fdistill bench)",
+    ),
 }
 
 

@@ -3,7 +3,8 @@
 FID (Heusel et al. 2017), KID (Binkowski et al. 2018, cubic polynomial kernel, mean and std over subsets) and
 improved precision/recall (Kynkaanniemi et al. 2019, k=3) on the pool3 features of the TF-FID Inception-v3
 (:mod:`fdistill.metrics.fid`, :mod:`fdistill.metrics.inception`); with ``teacher_nfe`` the source's teacher is
-evaluated at each NFE on the same reference into a teacher-vs-student ``table``.
+evaluated at each NFE on the same reference into a teacher-vs-student ``table``. FID +- s: the N samples are also
+scored as ``splits`` disjoint blocks of N // splits (mean and sample std of the block FIDs; FID of all N beside it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,11 +25,48 @@ from fdistill.metrics.fid import FeatureStats, compare_to_reference
 SMALL_SAMPLE = 2048  # below the Inception's feature dimension, FID is biased upwards
 
 
+def split_fids(features: Tensor, ref: FeatureStats, splits: int, protocol: str) -> list[float]:
+    """FID against ``ref`` of each of ``splits`` disjoint consecutive blocks of ``N // splits`` samples."""
+    size = features.shape[0] // splits if splits >= 1 else 0
+    if size < 2:
+        raise ValueError(f"{features.shape[0]} samples cannot make {splits} splits of at least 2")
+    blocks = [features[i * size : (i + 1) * size] for i in range(splits)]
+    return [compare_to_reference(FeatureStats.from_features(b, protocol, keep_features=False), ref)["fid"]
+            for b in blocks]  # fmt: skip
+
+
+def spread(values: Sequence[float], size: int) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of per-split FIDs of ``size`` samples each."""
+    v = np.asarray(values, dtype=np.float64)
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return {"mean": float(v.mean()), "std": std, "values": v.tolist(), "splits": int(v.size), "size": int(size)}
+
+
+def score_features(
+    feats: Tensor,
+    ref: Reference,
+    protocol: str,
+    splits: int,
+    kid_subsets: int,
+    kid_subset_size: int,
+    k: int,
+    seed: int,
+) -> dict:
+    """FID of all N samples, FID +- s over ``splits`` disjoint splits (``None`` when a split would hold fewer
+    than 2), and KID / precision / recall of all N, against the reference."""
+    fake = FeatureStats.from_features(feats, protocol)
+    out = compare_to_reference(fake, ref.stats, kid_subsets, kid_subset_size, k, seed)
+    size = feats.shape[0] // splits if splits > 1 else 0
+    out["fid_split"] = spread(split_fids(feats, ref.stats, splits, protocol), size) if size >= 2 else None
+    return out
+
+
 def _metrics_row(
     images: Tensor,
     ref: Reference,
     extractor: inception.InceptionFeatureExtractor,
     batch_size: int,
+    splits: int,
     kid_subsets: int,
     kid_subset_size: int,
     k: int,
@@ -35,15 +74,16 @@ def _metrics_row(
 ) -> dict:
     t0 = time.perf_counter()
     feats = extractor.extract(images, batch_size, progress=True)
-    fake = FeatureStats.from_features(feats, extractor.protocol)
-    out = compare_to_reference(fake, ref.stats, kid_subsets, kid_subset_size, k, seed)
+    out = score_features(feats, ref, extractor.protocol, splits, kid_subsets, kid_subset_size, k, seed)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
-def _flat(row: dict) -> dict:
-    kid = row.get("kid") or {}
-    return {"fid": row["fid"], "kid_mean": kid.get("mean"), "kid_std": kid.get("std"),
+def flat_row(row: dict) -> dict:
+    """A table row's metric columns from a :func:`score_features` row."""
+    kid, split = row.get("kid") or {}, row.get("fid_split") or {}
+    return {"fid": row["fid"], "fid_split_mean": split.get("mean"), "fid_split_std": split.get("std"),
+            "kid_mean": kid.get("mean"), "kid_std": kid.get("std"),
             "precision": row["precision"], "recall": row["recall"], "seconds": row.get("seconds")}  # fmt: skip
 
 
@@ -63,8 +103,10 @@ def evaluate(
     use_cache: bool = True,
     save_reference_stats: str | None = None,
     channels_last: bool = False,
+    splits: int = 3,
 ) -> dict:
-    """FID / KID / precision / recall of SOURCE against REF; returns the JSON-ready result."""
+    """FID (all N, and mean +- sample std over ``splits`` disjoint splits) / KID / precision / recall of SOURCE
+    against REF; returns the JSON-ready result."""
     t_start = time.perf_counter()
     src = source if isinstance(source, SampleSource) else resolve_source(source, SourceOptions(device, batch_size))
     n = min(num_samples, src.size) if src.size is not None else num_samples
@@ -80,10 +122,11 @@ def evaluate(
     ref = reference_stats(reference, extractor, tuple(images.shape[-2:]), num_reference, batch_size, use_cache)
     if save_reference_stats:
         ref.stats.save(save_reference_stats)
-    metric_args = (ref, extractor, batch_size, kid_subsets, kid_subset_size, k, seed)
+    metric_args = (ref, extractor, batch_size, splits, kid_subsets, kid_subset_size, k, seed)
     row = _metrics_row(images.cpu(), *metric_args)
     result: dict = {
         "fid": row["fid"],
+        "fid_split": row["fid_split"],
         "kid": row["kid"],
         "precision": row["precision"],
         "recall": row["recall"],
@@ -97,6 +140,7 @@ def evaluate(
         "channels_last": channels_last,
         "image_shape": list(images.shape[1:]),
         "seed": seed,
+        "splits": splits,
         "kid_subsets": kid_subsets,
         "kid_subset_size": min(kid_subset_size, n, int(ref.stats.n)),
         "pr_k": k,
@@ -107,17 +151,18 @@ def evaluate(
     if n < SMALL_SAMPLE:
         result["note"] = f"{n} samples < 2048 features: FID is biased upwards; compare only at equal sample sizes"
     if teacher_nfe:
-        table = [{"model": "student", "nfe": src.info.get("nfe", 1), **_flat(row)}]
+        table = [{"model": "student", "nfe": src.info.get("nfe", 1), **flat_row(row)}]
         for nfe in teacher_nfe:
             tsrc = src.teacher(int(nfe))
             t_images = check_uint8(tsrc.generate(n, seed), tsrc.name)
-            table.append({"model": "teacher", "nfe": int(nfe), **_flat(_metrics_row(t_images.cpu(), *metric_args))})
+            table.append({"model": "teacher", "nfe": int(nfe), **flat_row(_metrics_row(t_images.cpu(), *metric_args))})
         result["table"] = table
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     return result
 
 
-def _fmt(v, digits: int = 4) -> str:
+def fmt_value(v, digits: int = 4) -> str:
+    """A table cell: ``-`` for None, floats to ``digits`` (significant ones below 1e-3)."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -125,25 +170,40 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
+def fid_pm(mean: float | None, std: float | None) -> str:
+    """``"12.34 +- 0.56"`` (or ``-`` without splits)."""
+    return "-" if mean is None else f"{mean:.2f} +- {std:.2f}"
+
+
+def split_header(splits: int, size: int) -> str:
+    """What ``FID +- s`` means, for the line above a table."""
+    return f"FID +- s: mean +- sample std (ddof=1) of the FIDs of {splits} disjoint splits of {size} samples each"
+
+
 def format_table(result: dict) -> str:
     """A plain-text summary (and the teacher/student table when present)."""
-    kid = result.get("kid") or {}
+    kid, split = result.get("kid") or {}, result.get("fid_split") or {}
     lines = [
         f"source     {result['source']}",
         f"reference  {result['reference']}  (n={result['num_reference']})",
         f"samples    {result['num_samples']}  seed {result['seed']}",
         f"protocol   {result['protocol']}",
         "",
-        f"{'metric':<12}{'value':>14}",
-        f"{'fid':<12}{_fmt(result['fid']):>14}",
-        f"{'kid':<12}{_fmt(kid.get('mean'), 5) + ' +- ' + _fmt(kid.get('std'), 2):>14}",
-        f"{'precision':<12}{_fmt(result['precision']):>14}",
-        f"{'recall':<12}{_fmt(result['recall']):>14}",
+        f"{'metric':<12}{'value':>16}",
+        f"{'fid':<12}{fmt_value(result['fid']):>16}",
+        f"{'fid +- s':<12}{fid_pm(split.get('mean'), split.get('std')):>16}",
+        f"{'kid':<12}{fmt_value(kid.get('mean'), 5) + ' +- ' + fmt_value(kid.get('std'), 2):>16}",
+        f"{'precision':<12}{fmt_value(result['precision']):>16}",
+        f"{'recall':<12}{fmt_value(result['recall']):>16}",
     ]
+    if split:
+        lines += ["", f"{split_header(split['splits'], split['size'])}; fid: all {result['num_samples']} samples"]
     if result.get("table"):
-        cols = ["model", "nfe", "fid", "kid_mean", "kid_std", "precision", "recall", "seconds"]
+        cols = ["model", "nfe", "fid", "fid +- s", "kid_mean", "kid_std", "precision", "recall", "seconds"]
         lines += ["", "  ".join(f"{c:>10}" for c in cols)]
-        lines += ["  ".join(f"{_fmt(r.get(c)):>10}" for c in cols) for r in result["table"]]
+        for r in result["table"]:
+            r = {**r, "fid +- s": fid_pm(r.get("fid_split_mean"), r.get("fid_split_std"))}
+            lines.append("  ".join(f"{fmt_value(r.get(c)):>10}" for c in cols))
     if result.get("note"):
         lines += ["", f"note: {result['note']}"]
     return "\n".join(lines)

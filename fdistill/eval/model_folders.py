@@ -16,6 +16,7 @@ MODEL_CONFIGS = ("model_index.json", "config.json")
 RUN_MARKERS = ("config.yaml", "model_index.json", "metrics.jsonl", "checkpoints")
 MAX_IMAGES_IN_MODEL_FOLDER = 16  # a model card's samples.png / recon.png, not a sample set
 TEACHER_CLASSES = ("EDMUNet", "UNet2DModel", "UNet2DConditionModel")  # denoisers `fdistill sample` / students use
+PIXEL_TEACHER_CLASSES = ("EDMUNet", "UNet2DModel")  # what `--against-teacher` / `--cache-stats` can sample
 
 
 def run_or_pipeline_marker(path: Path) -> str | None:
@@ -45,6 +46,13 @@ def _class_name(path: Path) -> str | None:
     return None
 
 
+def is_pixel_teacher(path: Path) -> bool:
+    """A pixel-space teacher folder (EDMUNet / UNet2DModel, or a non-student pipeline with such a ``unet``)."""
+    if (path / "model_index.json").is_file():
+        return _class_name(path) != "OneStepPipeline" and _class_name(path / "unet") in PIXEL_TEACHER_CLASSES
+    return _class_name(path) in PIXEL_TEACHER_CLASSES
+
+
 def model_folder_message(path: Path) -> str | None:
     """The one-line error for a model folder (a model config or weights at the top, at most a few images) given
     as SOURCE, saying what it is and how to evaluate it; ``None`` for anything else."""
@@ -63,5 +71,7 @@ def model_folder_message(path: Path) -> str | None:
     student = str(students[0]) if students else "STUDENT"
     hint = "" if students else " (STUDENT: an exported student whose card.json teacher_path is this folder)"
     return (f"{what}; evaluate a teacher through a student that names it: fdistill eval {student} "
-            f"--teacher-nfe 9,17,35 adds teacher rows at those sampler NFEs{hint}; fdistill bench image-fid does "
-            "it for a table of methods; or write teacher samples to an image folder / .npz")  # fmt: skip
+            f"--teacher-nfe 9,17,35 adds teacher rows at those sampler NFEs{hint}; fdistill eval {path} "
+            f"--teacher-nfe 35 --cache-stats caches them here for fdistill eval {student} --against-teacher "
+            f"{path}; fdistill bench image-fid does it for a table of methods; or write teacher samples to an "
+            "image folder / .npz")  # fmt: skip

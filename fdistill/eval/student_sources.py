@@ -41,9 +41,8 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).contiguous()
 
 
-def teacher_source(teacher_path: str, num_classes: int, options: SourceOptions) -> Callable[[int], SampleSource]:
-    """``nfe -> SampleSource`` of the pixel teacher folder, sampled with ``nfe`` evaluations (labels uniform)."""
-    teacher = UNetTeacher.from_pretrained(teacher_path).to(options.device)
+def teacher_sampler(teacher: UNetTeacher, num_classes: int, options: SourceOptions) -> Callable[[int], SampleSource]:
+    """``nfe -> SampleSource`` of a loaded pixel teacher, sampled with ``nfe`` evaluations (labels uniform)."""
     on_cpu = torch.device(options.device).type == "cpu"
 
     def at(nfe: int) -> SampleSource:
@@ -61,6 +60,11 @@ def teacher_source(teacher_path: str, num_classes: int, options: SourceOptions) 
         return SampleSource(f"teacher@{nfe}", generate, info={"nfe": nfe})
 
     return at
+
+
+def teacher_source(teacher_path: str, num_classes: int, options: SourceOptions) -> Callable[[int], SampleSource]:
+    """``nfe -> SampleSource`` of the pixel teacher folder, sampled with ``nfe`` evaluations (labels uniform)."""
+    return teacher_sampler(UNetTeacher.from_pretrained(teacher_path).to(options.device), num_classes, options)
 
 
 def load_student(spec: str, options: SourceOptions) -> SampleSource:
