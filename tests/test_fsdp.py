@@ -16,7 +16,10 @@ processes' micro-batch ``i`` together, which a sequential run cannot reproduce (
 DDP tests). Case ``fake`` (head on fake-score features) runs the shipped template's FSDP settings
 (``configs/accelerate/fsdp.yaml``: NO_WRAP, ``reshard_after_forward=False``, SHARDED_STATE_DICT), case ``teacher``
 (head on teacher features) ``reshard_after_forward=True`` and FULL_STATE_DICT: both state-dict types resume under
-FSDP and load into a single process.
+FSDP and load into a single process. Case ``lora``: a LoRA student (``teacher.lora_rank=4``, generator and fake score)
+of the tiny latent teacher, DMD without its GAN term (data-free): FSDP2 shards one unit per network whose parameters
+mix the frozen base and the trainable adapters (each process keeps a shard of both; gradients are reduce-scattered for
+the adapters only); only the adapters move, and the FSDP checkpoint resumes bit-exactly.
 
 Slow (per case two two-process and two one-process runs, about 70 s on 2 cores): ``pytest -m slow tests/test_fsdp.py``.
 """
@@ -28,6 +31,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,7 +139,7 @@ def _worker(spec: dict) -> None:
     def final_state(final: bool):
         if final:  # before end_training (which destroys the process group): gather every network
             nets = {name: acc.get_state_dict(m) for name, m in (("generator", d.generator), ("fake", d.fake),
-                                                                ("disc", d.disc))}  # fmt: skip
+                                                                ("disc", d.disc)) if m is not None}  # fmt: skip
             if acc.is_main_process:
                 ema = d.ema.model.state_dict()
                 torch.save({**nets, "ema": ema, "shadow": shadow}, spec["out"] + ".pt")
@@ -226,6 +230,92 @@ def test_fsdp_two_processes_match_one(tmp_path, disc_features, state_dict_type, 
     assert json.loads((tmp_path / "single_from_fsdp.losses0.json").read_text())["start_step"] == 2
     for name in ("generator", "fake", "disc", "ema"):
         _close(loaded[name], fsdp[name], f"{name}: one process resumed from the FSDP checkpoint vs FSDP")
+
+
+# ---- a LoRA student of the tiny latent teacher -------------------------------------------------------------------
+
+PROMPTS = ["a red apple", "a smiling face", "a blue car"]
+LORA_RTOL = 1e-3  # ||FSDP - one process|| / ||one process|| per LoRA tensor (measured: below 1e-4)
+
+
+def _lora_overrides(sd: Path, out: Path, single: bool) -> list[str]:
+    """DMD (no GAN term: data-free, no real images) with LoRA adapters (rank 4) on generator and fake score."""
+    from fdistill.teachers.latent import load_latent_teacher
+
+    accum = GRAD_ACCUM * PROCESSES if single else GRAD_ACCUM
+    batch = BATCH * PROCESSES if single else BATCH
+    tc = SimpleNamespace(path=str(sd / "sd"), subfolder=None, dtype="float32", prompts_file=str(sd / "prompts.txt"))
+    sigma = load_latent_teacher(tc).sigma_at(399)  # an integer timestep: the student exports as a stock pipeline
+    return [
+        "teacher.kind=latent", f"teacher.path={sd / 'sd'}", f"teacher.prompts_file={sd / 'prompts.txt'}",
+        "teacher.lora_rank=4", "teacher.sample_nfe=2", "method.name=dmd", "method.guidance=1.5", "train.steps=3",
+        "train.fake_warmup_steps=1", f"train.batch_size={batch}", f"train.grad_accum={accum}",
+        "train.num_eval_samples=2", "train.eval_every=0", "train.max_minutes=0", "train.log_every=1",
+        "train.checkpoint_every=2", "train.keep_checkpoints=5", "train.lr_generator=1e-3", "train.lr_fake=1e-3",
+        "train.ema_decay=0.5", "train.generator_input=vp", f"train.sigma_init={sigma!r}", f"output_dir={out}",
+    ]  # fmt: skip
+
+
+def _base(state: dict, prefix: str) -> dict:
+    """The frozen (non-LoRA) weights of a LoRA network's UNet under the UNet's own key names."""
+    return {k[len(prefix) :].replace(".base_layer", ""): v for k, v in state.items()
+            if k.startswith(prefix) and "lora_" not in k}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_lora_student_matches_one(tmp_path, monkeypatch):
+    """FSDP2 shards modules whose parameters mix frozen (base) and trainable (LoRA) ones: two processes match one
+    (RTOL / ATOL above), only the adapters move, the EMA is the EMA of the gathered parameters and the FSDP
+    checkpoint (the shipped template's SHARDED_STATE_DICT) resumes bit-exactly."""
+    from fixtures import save_tiny_latent_teacher
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the workers load local folders only
+    save_tiny_latent_teacher(tmp_path / "sd")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    runs = {name: tmp_path / name for name in ("fsdp", "single", "fsdp_resumed")}
+
+    def spec(name: str, single: bool, resume: Path | None = None) -> dict:
+        out = {"overrides": _lora_overrides(tmp_path, runs[name], single), "out": str(tmp_path / name),
+               "state_dict_type": "SHARDED_STATE_DICT", "reshard": False}  # fmt: skip
+        return {**out, "resume": str(resume)} if resume else out
+
+    _run(spec("fsdp", False), True, tmp_path)
+    _run(spec("single", True), False, tmp_path)
+    fsdp, single = torch.load(tmp_path / "fsdp.pt"), torch.load(tmp_path / "single.pt")
+
+    ref = json.loads((tmp_path / "single.losses0.json").read_text())
+    assert ref.pop("start_step") == 0 and ref.pop("disc") == []  # DMD without its GAN term: no discriminator
+    per_proc = [json.loads((tmp_path / f"fsdp.losses{p}.json").read_text()) for p in range(PROCESSES)]
+    for kind, values in ref.items():
+        calls = len(values) // (GRAD_ACCUM * PROCESSES)
+        got = [per_proc[p][kind][c * GRAD_ACCUM + i] for c in range(calls) for p in range(PROCESSES)
+               for i in range(GRAD_ACCUM)]  # fmt: skip
+        assert calls > 0 and len(got) == len(values), kind
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(values), rtol=RTOL, atol=ATOL)
+
+    assert "disc" not in fsdp and "disc" not in single
+    for name in ("generator", "fake", "ema"):
+        _close(fsdp[name], single[name], f"{name}: FSDP vs one process")
+    _close(fsdp["ema"], fsdp["shadow"], "EMA vs the EMA of the gathered parameters", exact=True)
+    for name in ("generator", "fake"):  # the adapters are small (|B| ~ 1e-3): also relative, per tensor
+        lora = [k for k in fsdp[name] if "lora_" in k]
+        assert lora and all(fsdp[name][k].abs().max() > 0 for k in lora if "lora_B" in k), f"{name}: B still zero"
+        for k in lora:
+            err = (fsdp[name][k] - single[name][k]).norm() / single[name][k].norm()
+            assert err < LORA_RTOL, f"{name}: {k}: relative error {err:.2e}"
+    teacher = load_file(str(tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors"))
+    for name, prefix in (("generator", "net.unet."), ("fake", "unet."), ("ema", "net.unet.")):
+        _close(_base(fsdp[name], prefix), teacher, f"{name}: frozen base weights vs the teacher's", exact=True)
+    _close(_student(runs["fsdp"]), _student(runs["single"]), "exported (fused) student: FSDP vs one process")
+
+    ckpt = runs["fsdp"] / "checkpoints" / "step_00000002"
+    assert any(ckpt.glob("pytorch_model_fsdp*")), "not an FSDP checkpoint"
+    _run(spec("fsdp_resumed", False, ckpt), True, tmp_path)
+    resumed = torch.load(tmp_path / "fsdp_resumed.pt")
+    assert json.loads((tmp_path / "fsdp_resumed.losses1.json").read_text())["start_step"] == 2
+    for name in ("generator", "fake", "ema"):
+        _close(resumed[name], fsdp[name], f"{name}: FSDP resumed at step 2 vs uninterrupted", exact=True)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
