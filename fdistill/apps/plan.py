@@ -16,8 +16,9 @@ architecture of SD 1.5 / SDXL embedded in :mod:`fdistill.apps.plan_architectures
   resolution (bf16 autocast halves them; gradient checkpointing is applied as the trainer applies it).
 
 Strategies: ``ddp`` replicates everything (and DDP's gradient buckets, one more gradient copy); ``fsdp`` is the
-shipped template (``configs/accelerate/fsdp.yaml``: SHARD_GRAD_OP, gradients and optimizer states sharded over the
-GPUs, parameters whole in forward/backward); ``fsdp-full`` (FULL_SHARD) also shards the trainable parameters. The
+shipped template (``configs/accelerate/fsdp.yaml``: FSDP2 with ``reshard_after_forward: false``, i.e. SHARD_GRAD_OP:
+gradients and optimizer states sharded over the GPUs, parameters whole in forward/backward); ``fsdp-full``
+(FULL_SHARD) also shards the parameters of the prepared networks. The
 frozen teacher and the EMA are not prepared by accelerate, so they are whole on every GPU in every strategy.
 """
 
@@ -58,6 +59,7 @@ class NetworkPlan:
     trainable: int
     weight_bytes: int
     ema: bool = False
+    prepared: bool = True  # sharded by FSDP (generator, fake score, discriminator); the frozen teacher parts are not
     activations: dict[str, int] = field(default_factory=dict)  # phase -> bytes saved for backward
 
     @property
@@ -87,9 +89,8 @@ class Plan:
         shard = n if strategy in ("fsdp", "fsdp-full") else 1
         out = dict.fromkeys(("weights", "gradients", "adam", "ema", "ddp buckets", "activations"), 0.0)
         for net in self.networks:
-            trainable_w = 4 * net.trainable
-            frozen_w = net.weight_bytes - trainable_w
-            out["weights"] += frozen_w + (trainable_w / n if strategy == "fsdp-full" else trainable_w)
+            # FULL_SHARD shards every weight of a prepared network (a LoRA student's frozen base too)
+            out["weights"] += net.weight_bytes / n if strategy == "fsdp-full" and net.prepared else net.weight_bytes
             out["gradients"] += net.grad_bytes / shard
             out["adam"] += net.adam_bytes / shard
             out["ema"] += net.ema_bytes
@@ -192,7 +193,7 @@ def plan_run(cfg, num_gpus: int = 1, lora_rank: int | None = None, unet: str | N
 
     nets: list[NetworkPlan] = []
     t_params, _ = count(teacher)
-    teacher_plan = NetworkPlan("teacher (frozen)", t_params, 0, teacher_bytes * t_params)
+    teacher_plan = NetworkPlan("teacher (frozen)", t_params, 0, teacher_bytes * t_params, prepared=False)
     g_params, g_train = count(generator)
     gen_plan = NetworkPlan("generator", g_params, g_train, 4 * g_params, ema=True)
     f_params, f_train = count(fake)
@@ -208,7 +209,7 @@ def plan_run(cfg, num_gpus: int = 1, lora_rank: int | None = None, unet: str | N
         nets.append(_discriminator_plan(cfg, den, fake if cfg.method.disc_features == "fake" else teacher, b, half))
     for name, module in den.frozen:
         p, _ = count(module)
-        nets.append(NetworkPlan(f"{name} (frozen)", p, 0, teacher_bytes * p))
+        nets.append(NetworkPlan(f"{name} (frozen)", p, 0, teacher_bytes * p, prepared=False))
     return Plan(nets, num_gpus, cfg.train.batch_size, den.resolution, "bf16 autocast" if half else "fp32")
 
 
