@@ -13,6 +13,7 @@ BENCHES = {
     "demo-load": "fdistill.bench.demo_load",
     "demo-soak": "fdistill.bench.demo_soak",
     "gpu": "fdistill.bench.gpu",
+    "diversity": "fdistill.bench.diversity",
 }
 
 
