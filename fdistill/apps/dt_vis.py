@@ -11,8 +11,13 @@ steps, one cell per step, left to right:
   student's cells from its hand-over level on.
 
 Rows go sample by sample (``--num`` samples): teacher, student, hybrid for each; a row shorter than the longest one
-is padded with white. ``OUT.json`` lists each row's sampler, label and the sigma of each cell. Pixel teachers only
-(EDMUNet / UNet2DModel folders, e.g. checkpoints/fmnist_teacher); latent (SD-style) ones are one clear error.
+is padded with white. ``OUT.json`` lists each row's sampler, label and the sigma of each cell.
+
+Pixel pairs (EDMUNet / UNet2DModel teacher folders, e.g. checkpoints/fmnist_teacher, and ``OneStepPipeline``
+students) and latent (SD-style) pairs (e.g. checkpoints/emoji_teacher and the exported ``StableDiffusionPipeline``
+student checkpoints/emoji_student, :mod:`fdistill.apps.hybrid_latent`): there every x0 prediction is a latent,
+decoded through the VAE for its cell (the student's for the student's cells, the teacher's for the others), and
+``--classes`` / ``--prompts`` are prompt ids or prompts of the teacher's ``prompts.txt``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from fdistill.apps.sample import HYBRID_HELP, _labels, _load, hybrid_sample
+from fdistill.apps.hybrid_latent import decoder_for, is_latent_student
+from fdistill.apps.sample import CLASSES_HELP, HYBRID_HELP, _labels, _load, hybrid_sample, label_names
 from fdistill.config.args import ArgumentError, OneLineArgumentParser
 from fdistill.core.sampling import heun_steps_for_nfe
+from fdistill.export.stable_diffusion import EXPORT_FILE
 from fdistill.metrics.plots import to_uint8
 
 
@@ -69,6 +76,8 @@ def dt_trajectories(
         rows: list[DTRow] = [DTRow(name, i, None) for i in range(n)]
 
         def record(who: str, _index: int, sigma: float, x0: Tensor, rows=rows) -> None:
+            decode = decoder_for(who, student, teacher)  # a latent pair's cells are the VAE's images
+            x0 = x0 if decode is None else decode(x0)
             for i, row in enumerate(rows):
                 row.cells.append((who, sigma, x0[i].detach().float().cpu()))
 
@@ -99,22 +108,26 @@ def dt_grid(rows: list[DTRow], pad: int = 2, zoom: int = 1) -> Image.Image:
 def _check_student(path: Path) -> None:
     index = path / "model_index.json"
     name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
-    if name != "OneStepPipeline":
-        what = "a latent (SD-style) student" if name else "not an exported student (no model_index.json)"
-        raise ValueError(f"--student {path}: {what}; dt-vis supports OneStepPipeline students of pixel teachers")
+    if name != "OneStepPipeline" and not is_latent_student(path):
+        what = f"a {name} folder without {EXPORT_FILE}" if name else "not an exported student (no model_index.json)"
+        raise ValueError(
+            f"--student {path}: {what}; dt-vis takes OneStepPipeline students and exported SD students "
+            "(fdistill.export.stable_diffusion)"
+        )
 
 
 def main(argv: list[str]) -> int:
     p = OneLineArgumentParser(prog="fdistill dt-vis", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--teacher", required=True, help="pixel teacher folder (EDMUNet / UNet2DModel)")
-    p.add_argument("--student", default=None, help="exported student folder (OneStepPipeline; default: none)")
+    p.add_argument("--teacher", required=True, help="teacher folder (EDMUNet / UNet2DModel, or SD-style latent)")
+    p.add_argument("--student", default=None,
+                   help="exported student folder (OneStepPipeline, or exported SD student; default: none)")  # fmt: skip
     hybrid_help = HYBRID_HELP.replace(" with --teacher", "") + "; needs --student"
     p.add_argument("--hybrid-steps", type=int, default=None, metavar="N", help=hybrid_help)
     p.add_argument("--out", default="dt_vis.png", help="output PNG (default: dt_vis.png); OUT.json gets the sigmas")
     p.add_argument("--nfe", type=int, default=35, help="teacher sampler evaluations (default: 35, 18 Heun steps)")
     p.add_argument("--num", type=int, default=4, help="samples, one block of rows each (default: 4)")
-    p.add_argument("--classes", default=None, help="comma list of class ids or names, repeated (default: random)")
+    p.add_argument("--classes", "--prompts", dest="classes", default=None, help=CLASSES_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--guidance", type=float, default=1.0, help="teacher CFG scale, 1 = off (default: 1)")
     p.add_argument("--zoom", type=int, default=2, help="integer upscaling of each cell (default: 2)")
@@ -125,8 +138,7 @@ def main(argv: list[str]) -> int:
         if args.student is not None:
             _check_student(Path(args.student))
         student, teacher = _load(args.student, args.teacher)
-        names = list(student.config.class_names) if student is not None else []
-        labels = _labels(args.classes, args.num, names)
+        labels = _labels(args.classes, args.num, label_names(student, teacher))
         rows = dt_trajectories(teacher, student, args.hybrid_steps, args.num, args.nfe, labels, args.seed,
                                args.guidance)  # fmt: skip
     except (ArgumentError, ValueError, FileNotFoundError, OSError) as e:

@@ -14,6 +14,13 @@ gives step j, and the student runs its remaining steps j..K. N = 0 is the studen
 same images), N = the teacher's number of steps its own sample. Whether a one-step student, trained only on
 ``sigma_init z``, generalises to ``x0_hat + sigma_init eps`` is an empirical question: measure it
 (``fdistill eval`` / ``fdistill dt-vis``), do not assume it.
+
+Latent (Stable-Diffusion-style) pairs (:mod:`fdistill.apps.hybrid_latent`): the teacher folder is a
+:class:`fdistill.teachers.latent.LatentTeacher` (the same Heun steps in latent space), the student an exported
+``StableDiffusionPipeline`` folder run level by level with its recorded call on the VP input
+``sqrt(abar) x0_hat + sqrt(1 - abar) eps`` at its timestep; ``--classes`` / ``--prompts`` are prompt ids or
+prompts of the teacher's ``prompts.txt`` (random ones by default) and the latents decode through the VAE. Either
+folder alone samples too (the student's recorded call; the teacher's Heun sampler).
 """
 
 from __future__ import annotations
@@ -29,8 +36,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fdistill.apps.hybrid_latent import (
+    LatentStudent,
+    check_latent_pair,
+    decoder_for,
+    is_latent,
+    is_latent_student,
+    load_latent_teacher_folder,
+)
 from fdistill.core.guidance import guided
 from fdistill.core.sampling import edm_heun_sampler, edm_sigmas, heun_steps_for_nfe
+from fdistill.export.loading import is_sd_folder
 from fdistill.export.pipeline import OneStepPipeline
 from fdistill.metrics.plots import image_grid
 from fdistill.nets.unet import EDMUNet
@@ -52,7 +68,8 @@ def _labels(spec: str | None, n: int, names: list[str]) -> list[int] | None:
         elif item in names:
             out.append(names.index(item))
         else:
-            raise ValueError(f"unknown class {item!r}; accepted: 0..{len(names) - 1} or {', '.join(names)}")
+            listed = ", ".join(names) if len(names) <= 20 else f"one of the {len(names)} names (prompts)"
+            raise ValueError(f"unknown class {item!r}; accepted: 0..{len(names) - 1} or {listed}")
     return (out * n)[:n]
 
 
@@ -60,7 +77,8 @@ def _labels(spec: str | None, n: int, names: list[str]) -> list[int] | None:
 class HybridOutput:
     """``images``: the samples (N x C x H x W, clamped to [-1, 1] unless ``clamp=False``); ``labels`` their labels;
     ``handover_sigma``: the teacher's sigma after N steps (0 = the teacher finished; None for N = 0);
-    ``student_start``: the student's first level used (0-based; None when the teacher finished); the NFEs spent."""
+    ``student_start``: the student's first level used (0-based; None when the teacher finished); the NFEs spent;
+    ``latents``: a latent pair's last x0 / sample before the VAE decoder (None for pixel pairs)."""
 
     images: Tensor
     labels: Tensor | None
@@ -68,6 +86,7 @@ class HybridOutput:
     student_start: int | None
     teacher_nfe: int
     student_nfe: int
+    latents: Tensor | None = None
 
 
 def handover_level(student_sigmas: Sequence[float], sigma: float) -> int:
@@ -81,23 +100,32 @@ def handover_level(student_sigmas: Sequence[float], sigma: float) -> int:
 
 def _load(student_pipe, teacher):
     if isinstance(student_pipe, str | Path):
-        student_pipe = OneStepPipeline.from_pretrained(student_pipe)
+        path = Path(student_pipe)
+        student_pipe = LatentStudent.from_folder(path) if is_sd_folder(path) else OneStepPipeline.from_pretrained(path)
     if isinstance(teacher, str | Path):
         teacher = _load_teacher(Path(teacher))
-    if student_pipe is not None and not isinstance(student_pipe, OneStepPipeline):
-        raise TypeError(f"hybrid sampling needs a OneStepPipeline student, got {type(student_pipe).__name__}")
+    if student_pipe is not None and not isinstance(student_pipe, OneStepPipeline | LatentStudent):
+        raise TypeError(
+            f"hybrid sampling needs a OneStepPipeline or LatentStudent student, got {type(student_pipe).__name__}"
+        )
+    check_latent_pair(student_pipe, teacher)
     return student_pipe, teacher
 
 
 def _load_teacher(path: Path):
-    """A pixel teacher folder (EDMUNet or UNet2DModel) as a :class:`fdistill.teachers.diffusers.UNetTeacher`;
-    latent (Stable-Diffusion-style) folders are one clear error."""
+    """A pixel teacher folder (EDMUNet or UNet2DModel) as a :class:`fdistill.teachers.diffusers.UNetTeacher`, a
+    latent (SD-style) one as a :class:`fdistill.teachers.latent.LatentTeacher`."""
     index = path / "model_index.json"
     if index.is_file() and "vae" in json.loads(index.read_text()):
-        raise ValueError(
-            f"{path} is a latent (SD-style) teacher: hybrid sampling and dt-vis support pixel teachers only"
-        )
+        return load_latent_teacher_folder(path)
     return UNetTeacher.from_pretrained(path)
+
+
+def label_names(student, teacher) -> list[str]:
+    """What ``--classes`` may name: a latent pair's prompts, a pixel student's class names (else none)."""
+    if is_latent(teacher) or is_latent(student):
+        return list((student if student is not None else teacher).prompts)
+    return list(student.config.class_names) if student is not None else []
 
 
 @torch.no_grad()
@@ -118,18 +146,23 @@ def hybrid_sample(
     """Teacher for the first ``hybrid_steps`` Heun steps, then the student (module docstring: the hand-over).
 
     Args:
-        student_pipe: a :class:`fdistill.export.pipeline.OneStepPipeline` (or its folder); may be None when
+        student_pipe: a :class:`fdistill.export.pipeline.OneStepPipeline`, a
+            :class:`fdistill.apps.hybrid_latent.LatentStudent` (or either's folder); may be None when
             ``hybrid_steps`` is the teacher's full schedule.
-        teacher: a pixel :class:`fdistill.teachers.base.Teacher` (or its folder).
+        teacher: a pixel :class:`fdistill.teachers.base.Teacher` or a
+            :class:`fdistill.teachers.latent.LatentTeacher` (or its folder); may be None when ``hybrid_steps`` is 0.
         nfe: the teacher's sampler budget, which fixes its schedule (default: the teacher's ``sample_nfe``).
-        class_labels: as :class:`OneStepPipeline`'s (ids or class names; None = drawn at random).
+        class_labels: as :class:`OneStepPipeline`'s (ids or class names; a latent pair's prompt ids or prompts;
+            None = drawn at random).
         seed / generator: one CPU generator for every draw, in order: labels (when drawn), ``z``, the hand-over
             noise, the student's re-noising draws. Same seed, same images; the student's draws are exactly those of
             ``student_pipe(...)`` when ``hybrid_steps == 0``, the teacher's those of ``teacher.sample`` when it
             finishes.
         guidance: the teacher's CFG scale (1 = off).
-        clamp: clamp the result to [-1, 1] (the pipeline's images); False returns the raw last x0 / sample.
-        callback: ``callback(who, index, sigma, x0)`` for every x0 prediction (DT-visualisation).
+        clamp: clamp the result to [-1, 1] (the pipeline's images); False returns the raw last x0 / sample (a latent
+            pair's decoded through the VAE; its latents are ``latents``).
+        callback: ``callback(who, index, sigma, x0)`` for every x0 prediction (DT-visualisation; a latent pair's
+            x0 are latents).
     """
     student_pipe, teacher = _load(student_pipe, teacher)
     nfe = int(nfe if nfe is not None else getattr(teacher, "sample_nfe", 35))
@@ -138,8 +171,10 @@ def hybrid_sample(
         raise ValueError(f"hybrid_steps={hybrid_steps} is out of range: nfe={nfe} is {steps} Heun steps (0..{steps})")
     if student_pipe is None and hybrid_steps < steps:
         raise ValueError(f"hybrid_steps={hybrid_steps} < {steps} (the teacher's steps) needs a student")
-    shape = (n, *teacher.sample_shape)
-    if student_pipe is not None:
+    if teacher is None and hybrid_steps > 0:
+        raise ValueError(f"hybrid_steps={hybrid_steps} > 0 needs a teacher")
+    shape = (n, *(teacher or student_pipe).sample_shape)
+    if student_pipe is not None and teacher is not None:
         if tuple(student_pipe.sample_shape) != tuple(teacher.sample_shape):
             raise ValueError(f"student samples {student_pipe.sample_shape} but teacher {teacher.sample_shape}")
         if student_pipe.num_classes != teacher.num_classes:
@@ -187,6 +222,9 @@ def hybrid_sample(
             )
             out = student_pipe.chain(x_j, labels, gen, start=j, callback=student_cb)
             result = HybridOutput(out, labels, sigma_h, j, calls[0], student_pipe.num_steps - j)
+    decode = decoder_for("teacher" if result.student_start is None else "student", student_pipe, teacher)
+    if decode is not None:
+        result.latents, result.images = result.images, decode(result.images)
     if clamp:
         result.images = result.images.clamp(-1, 1)
     return result
@@ -211,15 +249,19 @@ HYBRID_HELP = (
     "below that sigma (a one-step student: sigma_init) and the student finishes; 0 = the student alone, the "
     "teacher's step count = the teacher alone (default: off)"
 )
+CLASSES_HELP = (
+    "comma list of class ids or names, repeated; for a latent (SD-style) pair prompt ids or prompts of the "
+    "teacher's prompts.txt (default: random)"
+)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fdistill sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("source", help="student pipeline folder or teacher EDMUNet folder")
+    p.add_argument("source", help="student folder (OneStepPipeline or exported SD) or teacher folder (EDMUNet or SD)")
     p.add_argument("--num", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--classes", default=None, help="comma list of class ids or names, repeated (default: random)")
+    p.add_argument("--classes", "--prompts", dest="classes", default=None, help=CLASSES_HELP)
     p.add_argument("--nfe", type=int, default=35, help="teacher sampler evaluations (default: 35)")
     p.add_argument("--guidance", type=float, default=1.0, help="teacher CFG scale, 1 = off (default: 1)")
     p.add_argument("--student-steps", type=int, default=None,
@@ -232,7 +274,7 @@ def main(argv: list[str]) -> int:
     if not src.is_dir():
         print(f"fdistill sample: {src} is not a folder (expected a student pipeline or a teacher)", file=sys.stderr)
         return 2
-    is_student = (src / "model_index.json").is_file()
+    is_student = (src / "model_index.json").is_file() and (is_latent_student(src) or not is_sd_folder(src))
     if (args.teacher is None) != (args.hybrid_steps is None) or (args.teacher is not None and not is_student):
         print("fdistill sample: --teacher and --hybrid-steps go together, with a student folder as SOURCE",
               file=sys.stderr)  # fmt: skip
@@ -252,10 +294,10 @@ def main(argv: list[str]) -> int:
 
 
 def _sample_student(src: Path, args) -> tuple[Tensor, str]:
-    pipe = OneStepPipeline.from_pretrained(src)
-    labels = _labels(args.classes, args.num, pipe.config.class_names)
+    pipe = LatentStudent.from_folder(src) if is_latent_student(src) else OneStepPipeline.from_pretrained(src)
+    pipe, teacher = _load(pipe, None if args.hybrid_steps is None else args.teacher)
+    labels = _labels(args.classes, args.num, label_names(pipe, teacher))
     if args.hybrid_steps is not None:
-        teacher = _load_teacher(Path(args.teacher))
         out = hybrid_sample(pipe, teacher, args.num, args.hybrid_steps, nfe=args.nfe, class_labels=labels,
                             seed=args.seed, guidance=args.guidance)  # fmt: skip
         where = "teacher finished" if out.student_start is None else (
@@ -263,12 +305,24 @@ def _sample_student(src: Path, args) -> tuple[Tensor, str]:
         )  # fmt: skip
         nfes = f"NFE {out.teacher_nfe} teacher + {out.student_nfe} student"
         return out.images, f"hybrid, {args.hybrid_steps} teacher steps, {where}, {nfes}"
+    if isinstance(pipe, LatentStudent):
+        if args.student_steps not in (None, pipe.num_steps):
+            raise ValueError(f"--student-steps {args.student_steps}: this latent student runs its {pipe.num_steps}")
+        return hybrid_sample(pipe, None, args.num, 0, class_labels=labels, seed=args.seed).images, (
+            f"student, NFE {pipe.num_steps}"
+        )  # fmt: skip
     images = pipe(batch_size=args.num, class_labels=labels, seed=args.seed, output_type="pt",
                   num_inference_steps=args.student_steps).images  # fmt: skip
     return images, f"student, NFE {args.student_steps or pipe.num_steps}"
 
 
 def _sample_teacher(src: Path, args) -> tuple[Tensor, str]:
+    if is_sd_folder(src):  # a latent teacher: its Heun sampler in latent space, decoded
+        teacher = load_latent_teacher_folder(src)
+        labels = _labels(args.classes, args.num, teacher.prompts)
+        out = hybrid_sample(None, teacher, args.num, heun_steps_for_nfe(args.nfe), nfe=args.nfe, class_labels=labels,
+                            seed=args.seed, guidance=args.guidance)  # fmt: skip
+        return out.images, f"teacher, NFE {args.nfe}"
     net = EDMUNet.from_pretrained(src).eval()
     gen = torch.Generator().manual_seed(args.seed)
     labels = _labels(args.classes, args.num, [])
