@@ -96,7 +96,7 @@ COMMANDS = {
     "demo": (_delegate("fdistill.apps.demo"), "serve the Gradio demo of a one-step student"),
     "bench": (
         _delegate("fdistill.bench"),
-        "benchmarks: gmm, image, image-fid, inception-speed, demo-load, demo-soak, gpu (fdistill bench)",
+        "benchmarks: gmm, image, image-fid, gpu, diversity, ... (fdistill bench lists them all)",
     ),
 }
 
