@@ -4,7 +4,8 @@ here (no network).
 
 The student is the exact call its ``fdistill_export.json`` records on the seed's noise ``z``; the teacher is the stock
 pipeline with DPM-Solver++ 2M (trailing steps) on the same ``z``; any prompt text works; a teacher of other latents or
-another text encoder is refused naming both folders; the page shows a prompt box with example prompts.
+another text encoder is refused naming both folders; the page shows a prompt box with example prompts. The hybrid
+(the teacher's first N EDM Heun steps in latent space, then the student) is the latent pair's ``hybrid_sample``.
 """
 
 from __future__ import annotations
@@ -127,16 +128,53 @@ def test_bad_prompt_and_guidance_are_value_errors(engine):
         engine.generate(None, "a", seed=0, num_images=1, run_teacher=True, teacher_nfe=2, cfg_scale=0.5)
 
 
-def test_hybrid_is_off_and_the_student_has_one_step(engine):
-    """hybrid_sample supports pixel teachers only, and an SD student is one step: both say so, one line each."""
-    assert engine.num_steps == 1 and engine.student_sigmas == [] and "pixel teacher" in engine.hybrid_note
-    with pytest.raises(ValueError, match="hybrid sampling is off: .*pixel teacher"):
-        engine.generate(None, "a", seed=0, num_images=1, teacher_nfe=2, hybrid_steps=1)
+def test_hybrid_is_on_and_the_student_has_one_step(engine, folders):
+    """The SD pair's hybrid is offered (hybrid_sample on the latent pair, handing over at t_init); an SD student is
+    one step."""
+    assert engine.num_steps == 1 and engine.student_sigmas == [] and engine.hybrid_note == ""
+    sigma_init = _load(folders[1], folders[0] / "prompts.txt").sigma_at(399)
+    assert engine.backend.hybrid_sigmas == pytest.approx([sigma_init])
     r = engine.generate(None, "a", seed=0, num_images=1, student_steps=1)
     assert r.student_steps == 1 and r.hybrid is None
     assert torch.equal(r.student, engine.generate(None, "a", seed=0, num_images=1).student)
     with pytest.raises(ValueError, match=r"student steps must be in 1\.\.1"):
         engine.generate(None, "a", seed=0, num_images=1, student_steps=2)
+
+
+def test_sd_hybrid_at_zero_teacher_steps_is_the_student(engine):
+    """N = 0: hybrid_sample's student chain on the seed's z is the recorded stock call (to float rounding)."""
+    r = engine.generate(None, "blue sun", seed=6, num_images=3)
+    h0 = engine.backend.run_hybrid(3, None, 6, 0, 3, 1.0, prompt="blue sun")
+    torch.testing.assert_close(h0.images, r.student, rtol=0, atol=1e-4)
+    assert h0.teacher_nfe == 0 and h0.student_nfe == 1 and h0.student_start == 0 and h0.latents.shape == (3, *LATENT)
+
+
+@pytest.mark.parametrize("prompt", ["blue sun", "a zebra on ice, not in prompts.txt!"])
+def test_sd_hybrid_gallery_is_timed_and_is_fdistill_samples_hybrid(engine, folders, prompt):
+    """N = 1: a third gallery, timed, with its NFE in the info; for a listed prompt it is exactly ``hybrid_sample``
+    on the folders loaded as the latent pair (``fdistill sample --teacher``), for any other prompt it runs too."""
+    from fdistill.apps.demo import gallery
+    from fdistill.apps.hybrid_latent import LatentStudent
+    from fdistill.apps.sample import hybrid_sample
+
+    student_dir, teacher_dir = folders
+    r = engine.generate(None, prompt, seed=5, num_images=2, teacher_nfe=5, cfg_scale=2.0, hybrid_steps=1)
+    h = r.hybrid
+    assert r.hybrid_ms > 0 and r.hybrid_steps == 1 and r.hybrid_nfe == 5 and r.teacher is None
+    assert h.teacher_nfe == 3 and h.student_nfe == 1 and h.student_start == 0 and h.images.shape == (2, *IMAGE)
+    assert h.images.min() >= -1 and h.images.max() <= 1 and torch.isfinite(h.images).all()
+    assert not torch.allclose(h.images, r.student)
+    info = info_markdown(r, engine)
+    assert f"| 3 + 1 = 4 | {r.hybrid_ms:.1f} ms |" in info and "In latent space" in info and "CFG w = 2" in info
+    tiles = gallery(r, "hybrid", 1, "req")
+    assert len(tiles) == 2 and json.loads(tiles[0][0].info["fdistill"])["nfe"] == 4
+    if prompt in PROMPTS:
+        teacher = _load(teacher_dir, student_dir.parent / "prompts.txt")
+        ref = hybrid_sample(LatentStudent.from_folder(student_dir), teacher, 2, 1, nfe=5, class_labels=prompt,
+                            seed=5, guidance=2.0)  # fmt: skip
+        torch.testing.assert_close(h.images, ref.images, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="at most 1"):  # teacher NFE 2 is one Heun step
+        engine.generate(None, prompt, seed=5, num_images=1, teacher_nfe=2, cfg_scale=1.0, hybrid_steps=2)
 
 
 def test_concurrent_requests_match_sequential_ones(engine):
@@ -233,8 +271,8 @@ def test_page_has_a_prompt_box_with_example_prompts_and_serves_them(folders):
     assert len(examples) == NUM_EXAMPLES and set(examples) <= set(PROMPTS) and examples[0] == PROMPTS[0]
     assert blocks["cfg-scale"].minimum == 1.0 and blocks["cfg-scale"].interactive is not False
     assert "DPM-Solver++" in blocks["teacher-nfe"].label
-    assert blocks["hybrid"].interactive is False and "pixel teacher" in blocks["hybrid"].info
-    assert blocks["hybrid-steps"].interactive is False and blocks["hybrid-gallery"].visible is False
+    assert blocks["hybrid"].interactive is not False and "latent space" in blocks["hybrid"].info
+    assert blocks["hybrid-steps"].interactive is not False and blocks["hybrid-gallery"].visible is True
     assert blocks["student-steps"].visible is False
     _, url, _ = launch_demo(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
@@ -244,6 +282,8 @@ def test_page_has_a_prompt_box_with_example_prompts_and_serves_them(folders):
         )
         assert len(student_gallery) == 2 and len(teacher_gallery) == 2 and seed == 3
         assert "any text at all" in info and "Speed-up" in info
+        *_, info, _ = client.predict(None, "any text", 3, 2, False, 3, 1.0, True, 1, api_name="/generate")
+        assert "hybrid (teacher's first 1 EDM Heun step" in info and "| 3 + 1 = 4 |" in info
         with pytest.raises(gradio_client.exceptions.AppError, match="prompt is empty"):
             client.predict(None, " ", 3, 2, False, 2, 1.0, api_name="/generate")
     finally:

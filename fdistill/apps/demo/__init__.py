@@ -26,7 +26,10 @@ student). "Teacher's first step" (hybrid sampling, Gandikota & Bau 2025, docs/ma
 :func:`fdistill.apps.sample.hybrid_sample`) also samples a third gallery: the teacher's first N (1..4) Heun steps of
 its NFE schedule from ``sigma_max * z`` (the same ``z``), its x0 prediction re-noised to the first student level at
 or below the sigma reached, then the student's remaining steps; the info table shows its latency and NFE (teacher
-calls + student calls) beside the student's. It needs a pixel teacher: off, with a note, for an SD student.
+calls + student calls) beside the student's. For an SD student the same networks run as a latent pair
+(:mod:`fdistill.apps.hybrid_latent`): the teacher's first N EDM Heun steps in latent space (not DPM-Solver++), its
+x0 re-noised in VP form to the student's recorded t_init, the student's recorded call, the VAE decoder; the prompt
+box's text (any text) is both sides' prompt. Off, with a note, without a teacher.
 
 Text-to-image students. A student exported by :mod:`fdistill.export.stable_diffusion` is a stock diffusers
 ``StableDiffusionPipeline`` folder (``LCMScheduler``, ``fdistill_export.json`` recording ``t_init``). It is served

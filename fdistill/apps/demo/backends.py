@@ -10,7 +10,11 @@
   from ``sigma_max * z`` and hands its x0 prediction, re-noised, to the student.
 - :class:`SDBackend`: a stock ``StableDiffusionPipeline`` student (:mod:`fdistill.export.stable_diffusion`) run with
   the one-step call its ``fdistill_export.json`` records, next to the SD-style folder it was distilled from, run by
-  the stock pipeline with DPM-Solver++ 2M (:func:`fdistill.export.loading.load_sd_teacher`).
+  the stock pipeline with DPM-Solver++ 2M (:func:`fdistill.export.loading.load_sd_teacher`). Its hybrid is
+  :func:`~fdistill.apps.sample.hybrid_sample` on the same networks seen as a latent pair
+  (:class:`fdistill.teachers.latent.LatentTeacher`, EDM Heun in latent space, and
+  :class:`fdistill.apps.hybrid_latent.LatentStudent`, the recorded call on the VP re-noising), each with the
+  one-prompt table ``[prompt]``, so any prompt text works as in the other two galleries.
 
 Both start from the same ``z`` (:func:`initial_noise`), so the two galleries compare like for like.
 """
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from fdistill.apps.hybrid_latent import LatentStudent
 from fdistill.apps.sample import HybridOutput, hybrid_sample
 from fdistill.core.guidance import combine
 from fdistill.core.sampling import edm_heun_sampler
@@ -44,6 +49,7 @@ from fdistill.export.loading import (
 from fdistill.export.pipeline import OneStepPipeline
 from fdistill.export.stable_diffusion import EXPORT_FILE
 from fdistill.teachers.diffusers import UNetTeacher
+from fdistill.teachers.latent import LatentTeacher
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -116,8 +122,6 @@ class Backend:
     ``student_sigmas`` (a pixel student's K levels, one for a one-step student; ``[]`` for a stock SD student)."""
 
     sd: ClassVar[bool] = False
-    #: why hybrid sampling is not offered with this kind of teacher ("" = it is)
-    hybrid_unsupported: ClassVar[str] = ""
     sampler: ClassVar[str] = EDM_SAMPLER
     min_cfg: ClassVar[float] = 0.0  # the smallest teacher CFG scale the sampler accepts
     default_kind: ClassVar[str] = "default"  # how a teacher the user did not name is described
@@ -139,6 +143,11 @@ class Backend:
     def num_steps(self) -> int:
         """K, the student's number of steps (1 for a one-step student)."""
         return len(self.student_sigmas) or 1
+
+    @property
+    def hybrid_sigmas(self) -> list[float]:
+        """The student's levels a hybrid hands over to (its K levels)."""
+        return self.student_sigmas
 
     # -- teacher setup
     def find_teacher(self, teacher_path: str | Path | None, card: dict[str, Any]) -> tuple[Path | None, bool]:
@@ -201,11 +210,11 @@ class Backend:
 
     def run_hybrid(
         self, n: int, labels: list[int] | None, seed: int, hybrid_steps: int, nfe: int, cfg_scale: float,
-        steps: int | None = None,
+        steps: int | None = None, prompt: str | None = None,
     ) -> HybridOutput:  # fmt: skip
         """The teacher's first ``hybrid_steps`` Heun steps of its ``nfe`` schedule, then the student (``steps`` of
-        its levels) on the same ``z`` (docs/math.md §2.11)."""
-        raise ValueError(f"hybrid sampling is not available: {self.hybrid_unsupported}")
+        its levels) on the same ``z`` (docs/math.md §2.11), for ``labels`` (or a text-to-image student's ``prompt``)."""
+        raise NotImplementedError
 
     def run_teacher(
         self, n: int, labels: list[int] | None, seed: int, nfe: int, cfg_scale: float, prompt: str | None
@@ -319,7 +328,7 @@ class PixelBackend(Backend):
 
     def run_hybrid(
         self, n: int, labels: list[int] | None, seed: int, hybrid_steps: int, nfe: int, cfg_scale: float,
-        steps: int | None = None,
+        steps: int | None = None, prompt: str | None = None,
     ) -> HybridOutput:  # fmt: skip
         """:func:`~fdistill.apps.sample.hybrid_sample` with the seed's generator: its first draw is the same ``z``
         as the student's and the teacher's (labels are given, so none is drawn); N = 0 is the student's own call."""
@@ -340,7 +349,6 @@ class SDBackend(Backend):
     sampler = SD_SAMPLER
     min_cfg = 1.0
     default_kind = "recorded"
-    hybrid_unsupported = "it needs a pixel teacher (fdistill.apps.sample.hybrid_sample), not a latent SD one"
 
     def __init__(self, pipe: Any, student_path: Path, device: torch.device) -> None:
         super().__init__(pipe, student_path, device)
@@ -351,6 +359,12 @@ class SDBackend(Backend):
         self.latent_shape = (int(pipe.unet.config.in_channels), h, w)
         self.image_shape = (int(pipe.vae.config.out_channels), h * f, w * f)
         self.student_sigmas = []  # one step at the recorded t_init (a K-step SD export is not supported)
+        self._hybrid_sigmas = LatentStudent(pipe, self.student_call, []).student_sigmas  # sigma(t_init)
+
+    @property
+    def hybrid_sigmas(self) -> list[float]:
+        """``[sigma(t_init)]`` (``sqrt((1 - abar) / abar)`` at the recorded timestep): where a hybrid hands over."""
+        return self._hybrid_sigmas
 
     def find_teacher(self, teacher_path: str | Path | None, card: dict[str, Any]) -> tuple[Path | None, bool]:
         """A teacher the user names (``--teacher`` or ``$FDISTILL_TEACHER``), else the one the student records."""
@@ -407,6 +421,28 @@ class SDBackend(Backend):
                 [prompt] * n, latents=z, num_inference_steps=nfe, guidance_scale=cfg_scale, output_type="pt"
             ).images
         return images.float() * 2 - 1
+
+    def run_hybrid(
+        self, n: int, labels: list[int] | None, seed: int, hybrid_steps: int, nfe: int, cfg_scale: float,
+        steps: int | None = None, prompt: str | None = None,
+    ) -> HybridOutput:  # fmt: skip
+        """:func:`~fdistill.apps.sample.hybrid_sample` of the latent pair the loaded networks make (no second load):
+        the teacher's components as a :class:`~fdistill.teachers.latent.LatentTeacher` (its first ``hybrid_steps``
+        EDM Heun steps in latent space, CFG ``cfg_scale``), the student's pipeline (a per-request copy) as a
+        :class:`~fdistill.apps.hybrid_latent.LatentStudent`, both with the prompt table ``[prompt]`` (prompt id 0,
+        given, so the seed's first draw is ``z``): any prompt text works. N = 0 is the student's own call on ``z``."""
+        if self.teacher is None:
+            raise ValueError("hybrid sampling needs the teacher, which is not loaded")
+        if not prompt:
+            raise ValueError("the hybrid of a text-to-image student needs a prompt")
+        t = self.teacher
+        teacher = LatentTeacher(t.unet, t.vae, t.text_encoder, t.tokenizer, dict(t.scheduler.config), [prompt])
+        student = LatentStudent(_per_request(self.pipe), self.student_call, [prompt])
+        with self.precision():
+            out = hybrid_sample(student, teacher, n, hybrid_steps, nfe=nfe, class_labels=0, seed=seed,
+                                guidance=cfg_scale)  # fmt: skip
+        out.images = out.images.float()
+        return out
 
 
 def load_backend(student_path: Path, device: torch.device) -> Backend:

@@ -232,9 +232,7 @@ class DemoEngine:
 
     @property
     def hybrid_note(self) -> str:
-        """Why hybrid sampling is off ("" when a teacher that supports it is loaded)."""
-        if self.backend.hybrid_unsupported:
-            return self.backend.hybrid_unsupported
+        """Why hybrid sampling is off ("" when the teacher is loaded)."""
         return "" if self.teacher is not None else f"needs a teacher ({self.teacher_note.replace('`', '')})"
 
     @property
@@ -342,7 +340,7 @@ class DemoEngine:
             result.teacher_sampler = self.teacher_sampler
         if hybrid_nfe is not None:
             t0 = time.perf_counter()
-            hybrid = self.backend.run_hybrid(n, labels, seed, hybrid_n, hybrid_nfe, float(cfg_scale), steps)
+            hybrid = self.backend.run_hybrid(n, labels, seed, hybrid_n, hybrid_nfe, float(cfg_scale), steps, prompt)
             hybrid.images = hybrid.images.cpu()
             self._sync()
             result.hybrid, result.hybrid_ms, result.hybrid_steps = hybrid, (time.perf_counter() - t0) * 1e3, hybrid_n

@@ -113,14 +113,20 @@ def _hybrid_lines(r: GenerationResult, engine: DemoEngine) -> tuple[str, str]:
     )
     if h.student_start is None:
         return row, f"Hybrid: {big_n} steps are the teacher's whole NFE-{r.hybrid_nfe} schedule; the student is unused."
-    sigma_j = engine.student_sigmas[h.student_start]
+    sigma_j = engine.backend.hybrid_sigmas[h.student_start]
+    latent = (
+        f" In latent space: the teacher's steps are {EDM_SAMPLER} steps (its gallery's sampler is {SD_SAMPLER}), the "
+        "student's recorded call at its t_init sees x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps."
+        if engine.sd
+        else ""
+    )
     return row, (
         f"Hybrid: the teacher's first {big_n} of the {heun_steps_for_nfe(r.hybrid_nfe)} Heun steps of its "
         f"NFE-{r.hybrid_nfe} schedule (from sigma_max z, CFG "
         f"{'off' if r.cfg_scale == 1.0 or not engine.guidable else f'w = {r.cfg_scale:g}'}) reach sigma "
         f"{h.handover_sigma:.3g}; its x0 prediction (one more teacher call) is re-noised to student level "
         f"{h.student_start + 1}/{r.student_steps} (sigma {sigma_j:.3g}) and the student takes {h.student_nfe} "
-        f"step{'s' * (h.student_nfe > 1)}. NFE = teacher calls + student calls."
+        f"step{'s' * (h.student_nfe > 1)}. NFE = teacher calls + student calls.{latent}"
     )
 
 
@@ -214,7 +220,7 @@ def _handler(engine: DemoEngine, display_scale: int) -> Callable[..., tuple[list
             teacher_nfe: teacher network evaluations, 1..79 (EDM Heun; DPM-Solver++ steps for an SD teacher).
             cfg_scale: teacher classifier-free guidance scale, 0..10 (1 = off; 1..10 for an SD teacher).
             hybrid: also sample the hybrid: the teacher's first hybrid_steps Heun steps (of its teacher_nfe schedule,
-                at cfg_scale), then the student (pixel teachers only).
+                at cfg_scale; an SD teacher's in latent space), then the student (any prompt).
             hybrid_steps: the hybrid's teacher steps N, 1..4 (at most the teacher's Heun steps at teacher_nfe).
             student_steps: the student's steps, 1..K (K-step students; 1 for a one-step student; None: K).
 
@@ -246,7 +252,7 @@ def _is_zero(value: Any) -> bool:
 
 
 def _step_controls(engine: DemoEngine) -> list[Any]:
-    """The hybrid checkbox, its teacher-steps slider (off without a pixel teacher, with a note saying why) and the
+    """The hybrid checkbox, its teacher-steps slider (off without a teacher, with a note saying why) and the
     student-steps slider (shown for a K-step student only; fixed at 1 otherwise)."""
     import gradio as gr  # optional dependency: importing the demo works without it
 
@@ -258,8 +264,8 @@ def _step_controls(engine: DemoEngine) -> list[Any]:
         elem_id="hybrid",
         info=f"off: {note}"
         if note
-        else "the teacher takes the first N Heun steps (its NFE and CFG), the student "
-        "finishes from its x0 prediction; shown in a third gallery",
+        else f"the teacher takes the first N {EDM_SAMPLER} steps{' in latent space' if engine.sd else ''} (its NFE "
+        "and CFG), the student finishes from its x0 prediction; shown in a third gallery",
     )
     hybrid_steps = gr.Slider(
         1, MAX_HYBRID_STEPS, value=1, step=1, label="Teacher steps N", interactive=not note, elem_id="hybrid-steps"
