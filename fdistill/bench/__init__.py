@@ -14,6 +14,7 @@ BENCHES = {
     "demo-soak": "fdistill.bench.demo_soak",
     "gpu": "fdistill.bench.gpu",
     "diversity": "fdistill.bench.diversity",
+    "lora-transfer": "fdistill.bench.lora_transfer",
 }
 
 
