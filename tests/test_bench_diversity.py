@@ -1,5 +1,6 @@
-"""``fdistill bench diversity`` (CPU, tiny): every row of the mixture and Fashion-MNIST tables is produced with finite
-values, and the hybrid with N = 0 is the student itself (same samples, same row); a cheap stand-in Inception."""
+"""``fdistill bench diversity`` (CPU, tiny): every row of the mixture, Fashion-MNIST and emoji (text-to-image) tables
+is produced with finite values, and the hybrid with N = 0 is the student itself (same samples, same row); a cheap
+stand-in Inception, tiny random latent-pair / caption-match folders (``tests/fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures import save_tiny_clip_model, save_tiny_latent_teacher
+from PIL import Image
 
 from fdistill.bench import BENCHES
+from fdistill.bench import diversity as diversity_cli
 from fdistill.bench.diversity import main, mixture_table
 from fdistill.bench.diversity_gmm import mixture_hybrid, mixture_rows, mixture_teacher, train_student
 from fdistill.bench.diversity_images import ImageOptions, balanced_labels, generate, hybrid_batches, student_batches
+from fdistill.bench.diversity_t2i import T2IOptions, t2i_generators, t2i_rows, t2i_table
 from fdistill.data.fashion_mnist import CLASS_NAMES
+from fdistill.eval.t2i import load_teacher
+from fdistill.eval.t2i.generators import generate as generate_t2i
 from fdistill.export.pipeline import OneStepPipeline, export_student
+from fdistill.export.stable_diffusion import export_sd_student
 from fdistill.metrics import inception as incmod
 from fdistill.metrics.diversity import intra_class_diversity, mean_pairwise_distance
 from fdistill.metrics.inception import INCEPTION_PROTOCOL
+from fdistill.nets.generator import OneStepGenerator
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
 
@@ -138,3 +147,55 @@ def test_fmnist_table_rows_and_hybrid_zero(tmp_path, monkeypatch):
         assert zero["nfe"] == k and by[f"hybrid N=1 + student {name}"]["teacher_nfe"] == 3
     text = (out / "table.md").read_text()
     assert text.count("\n| ") == len(rows) + 1 and "ratio to real" in text
+
+
+def _tiny_t2i(root) -> T2IOptions:
+    """A tiny latent teacher, its perturbed one-step student export, a tiny caption-match model and 6 real images."""
+    prompts = [f"{c} {thing}" for c in ("red", "blue") for thing in ("ball", "cat", "sun")]
+    save_tiny_latent_teacher(root / "teacher", seed=1, max_length=16)
+    (root / "teacher" / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    teacher = load_teacher(root / "teacher")
+    net = teacher.make_network()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    export_sd_student(OneStepGenerator(net, teacher.sigma_at(399), "vp"), teacher, root / "student")
+    save_tiny_clip_model(root / "clip", image_size=16)
+    (root / "real").mkdir()
+    for i in range(6):
+        arr = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(arr).save(root / "real" / f"{i}.png")
+    return T2IOptions(teacher=str(root / "teacher"), student=str(root / "student"), reward=str(root / "clip"),
+                      num_prompts=4, seeds=2, guidance=2.0, real=str(root / "real"), batch_size=4)  # fmt: skip
+
+
+def test_emoji_table_rows_and_hybrid_zero(tmp_path, monkeypatch):
+    opts = _tiny_t2i(tmp_path)
+    # N = 0: the student's own stock call on the same noise (to float rounding)
+    teacher = load_teacher(opts.teacher)
+    gens = t2i_generators(opts, teacher, [3], [0], 5)
+    prompts = teacher.prompts[:4]
+    own, _ = generate_t2i(gens[1], prompts, 4, 7, torch.device("cpu"))
+    zero, _ = generate_t2i(gens[2], prompts, 4, 7, torch.device("cpu"))
+    assert torch.allclose(own, zero, atol=1e-4) and gens[2].nfe == 1
+    result = t2i_rows(opts, [3], [0, 1, 2], 5)
+    rows = result["rows"]
+    assert [r["name"] for r in rows] == ["teacher NFE 3 w=2", "student student",
+                                         *[f"hybrid N={n} + student student" for n in (0, 1, 2)]]  # fmt: skip
+    for r in rows:
+        assert _finite(r, ("match", "match_std", "fd_caption_match", "diversity", "diversity_std", "pixel_std",
+                           "seconds_per_image")), r["name"]  # fmt: skip
+        assert r["diversity"] >= 0 and r["num_images"] == 4
+    student, zero_row, one, two = rows[1:]
+    for key in ("match", "R@1", "fd_caption_match", "diversity", "pixel_std"):
+        assert zero_row[key] == pytest.approx(student[key], abs=1e-4), key
+    assert (one["nfe"], one["unet_evals"], one["info"]["teacher_nfe"]) == (4, 7, 3)
+    assert two["nfe"] == 6 and two["info"]["handover_sigma"] < one["info"]["handover_sigma"]
+    text = t2i_table(result)
+    assert text.count("\n| ") == len(rows) + 1 and "4 (3 + 1)" in text
+    # the CLI dispatches --data emoji and writes the table
+    monkeypatch.setattr(diversity_cli, "t2i_rows", lambda *a: result)
+    out = tmp_path / "bench"
+    assert main(["--data", "emoji", "--out", str(out)]) == 0
+    assert (out / "table.md").read_text() == text and json.loads((out / "results.json").read_text())["data"] == "emoji"

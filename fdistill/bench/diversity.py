@@ -23,6 +23,13 @@ distance of Inception features within each class, averaged over classes, +- its 
     fdistill bench diversity --data fmnist --teacher checkpoints/fmnist_teacher --student checkpoints/fmnist_student \\
         --student runs/fmnist_4step/student --num-samples 10000 --device cuda --out runs/bench_diversity_fmnist
 
+Emoji text-to-image (``--data emoji``; :mod:`fdistill.bench.diversity_t2i`): ``fdistill eval-t2i``'s caption match,
+FD of caption-match features against real emoji, and the diversity across ``--seeds`` seeds of each of
+``--num-prompts`` prompts (mean pairwise ``1 - cos``, +- std over prompts); the teacher with CFG ``--guidance``,
+``--teacher`` / ``--student`` / ``--reward`` default to the shipped emoji checkpoints::
+
+    fdistill bench diversity --data emoji --teacher-nfe 9,25 --num-prompts 100 --seeds 4 --out runs/div_emoji
+
 Writes ``table.md`` and ``results.json`` in ``--out``.
 """
 
@@ -36,6 +43,7 @@ from pathlib import Path
 
 from fdistill.bench.diversity_gmm import load_student, mixture_rows, mixture_teacher, train_student
 from fdistill.bench.diversity_images import ImageOptions, image_rows
+from fdistill.bench.diversity_t2i import T2IOptions, t2i_rows, t2i_table
 from fdistill.bench.gmm import MIXTURES
 from fdistill.eval.fid_eval import fmt_value
 
@@ -126,11 +134,18 @@ def image_table(result: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fdistill bench diversity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--data", default="gmm8", choices=[*MIXTURES, "fmnist"], help="data set (default: gmm8)")
+    p.add_argument("--data", default="gmm8", choices=[*MIXTURES, "fmnist", "emoji"], help="data set (default: gmm8)")
     p.add_argument("--student", action="append", default=[], metavar="DIR",
                    help="a student (repeatable): a distill run folder (mixtures) or an exported pipeline folder "
                    "(fmnist); mixtures default to a one-step and a 4-step student trained here")  # fmt: skip
-    p.add_argument("--teacher", default=None, metavar="DIR", help="fmnist: the pixel teacher folder (required)")
+    p.add_argument("--teacher", default=None, metavar="DIR",
+                   help="fmnist: the pixel teacher folder (required); emoji: the SD-style teacher "
+                   "(default: checkpoints/emoji_teacher; the student default: checkpoints/emoji_student)")  # fmt: skip
+    p.add_argument("--reward", default="checkpoints/emoji_caption_match", metavar="DIR",
+                   help="emoji: the caption-match model (default: checkpoints/emoji_caption_match)")  # fmt: skip
+    p.add_argument("--guidance", type=float, default=3.0, help="emoji: the teacher's CFG scale w (default: 3)")
+    p.add_argument("--num-prompts", type=int, default=100, help="emoji: prompts per row (default: 100)")
+    p.add_argument("--seeds", type=int, default=4, help="emoji: seeds per prompt for the diversity (default: 4)")
     p.add_argument("--steps", type=int, default=None,
                    help="mixtures: training steps of each in-process student (default: the mixture's)")  # fmt: skip
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -143,9 +158,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the teacher's schedule for the hand-over (default: 9: its first two steps end at sigma "
                    "17.5 and 2.5; at 35 they end at 57.6 and 40.8)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="fmnist: device (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="fmnist: batch size (default: 64)")
-    p.add_argument("--num-reference", type=int, default=None, help="fmnist: the first N reference images (all)")
+    p.add_argument("--device", default="cpu", help="fmnist, emoji: device (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="fmnist, emoji: batch size (default: 64)")
+    p.add_argument(
+        "--num-reference", type=int, default=None, help="fmnist, emoji: the first N reference (real) images (all)"
+    )
     p.add_argument("--splits", type=int, default=3, help="fmnist: splits of FID +- s (default: 3)")
     p.add_argument("--kid-subsets", type=int, default=100, help="fmnist: KID subsets (default: 100)")
     p.add_argument("--inception-weights", default=None, help="fmnist: Inception weights file (default: found)")
@@ -175,21 +192,34 @@ def run_images(args: argparse.Namespace) -> dict:
             "splits": opts.splits, "rows": rows}  # fmt: skip
 
 
+def run_t2i(args: argparse.Namespace) -> dict:
+    opts = T2IOptions(num_prompts=args.num_prompts, seeds=args.seeds, guidance=args.guidance, reward=args.reward,
+                      num_real=args.num_reference, batch_size=args.batch_size, seed=args.seed,
+                      device=args.device)  # fmt: skip
+    opts.teacher = args.teacher or opts.teacher
+    opts.student = args.student[0] if args.student else opts.student
+    return t2i_rows(opts, _ints(args.teacher_nfe), _ints(args.hybrid), args.hybrid_nfe)
+
+
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.data == "fmnist" and (args.teacher is None or not args.student):
         p.error("--data fmnist needs --teacher DIR and at least one --student DIR")
+    if args.data == "emoji" and len(args.student) > 1:
+        p.error("--data emoji takes one --student (an exported one-step SD student folder)")
     if len(args.student) > 2:
         p.error("at most two --student folders (a one-step and a few-step student)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_images(args) if args.data == "fmnist" else run_mixture(args, out)
+        run = {"fmnist": run_images, "emoji": run_t2i}.get(args.data)
+        result = run(args) if run else run_mixture(args, out)
     except (ValueError, FileNotFoundError) as e:
         print(f"fdistill bench diversity: {e}", file=sys.stderr)
         return 2
-    text = image_table(result) if args.data == "fmnist" else mixture_table(result)
+    table = {"fmnist": image_table, "emoji": t2i_table}.get(args.data, mixture_table)
+    text = table(result)
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(text)
