@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fdistill.metrics.inception import INCEPTION_PROTOCOL
 from fdistill.rewards import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 _TINY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-&():/"
@@ -161,3 +162,17 @@ def save_tiny_clip_model(path: str | Path, image_size: int = 16, seed: int = 0) 
     }
     (path / "preprocessor_config.json").write_text(json.dumps(pp, indent=2))
     return path
+
+
+class PixelFeatures(torch.nn.Module):
+    """A cheap stand-in for the Inception network (4x4-pooled pixels, 16 features) to test evaluation plumbing."""
+
+    protocol = INCEPTION_PROTOCOL
+    weights_path = "pixels"
+    num_features = 16
+
+    def __init__(self, weights=None, channels_last: bool = False) -> None:
+        super().__init__()
+
+    def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)

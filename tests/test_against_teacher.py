@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from fixtures import PixelFeatures
 
 from fdistill.eval.against_teacher import verdict
 from fdistill.eval.fid_eval import evaluate, score_features
@@ -24,20 +25,6 @@ from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
 
 
-class _PixelFeatures(torch.nn.Module):
-    """A cheap stand-in for the Inception (4x4-pooled pixels, 16 features)."""
-
-    protocol = INCEPTION_PROTOCOL
-    weights_path = "pixels"
-    num_features = 16
-
-    def __init__(self, weights=None, channels_last: bool = False) -> None:
-        super().__init__()
-
-    def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
-
-
 def _tiny_unet(seed: int) -> EDMUNet:
     torch.manual_seed(seed)
     return EDMUNet(sample_size=8, block_out_channels=(8, 16), attention_levels=(), norm_num_groups=4,
@@ -48,12 +35,12 @@ def _tiny_unet(seed: int) -> EDMUNet:
 def setup(tmp_path, monkeypatch):
     """A teacher folder, a student pipeline, a reference stats .npz, the stub extractor and a teacher call count."""
     monkeypatch.setenv("FDISTILL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", _PixelFeatures)
+    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", PixelFeatures)
     teacher = tmp_path / "teacher"
     _tiny_unet(0).save_pretrained(teacher)
     export_student(_tiny_unet(1), 2.5, tmp_path / "student", class_names=["a", "b", "c"], card={"method": "toy"})
     real = torch.randint(0, 256, (40, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    FeatureStats.from_features(_PixelFeatures().extract(real), INCEPTION_PROTOCOL).save(tmp_path / "ref.npz")
+    FeatureStats.from_features(PixelFeatures().extract(real), INCEPTION_PROTOCOL).save(tmp_path / "ref.npz")
     calls: list[int] = []
     sample = UNetTeacher.sample
 
@@ -84,9 +71,9 @@ def test_fid_pm_is_the_mean_and_sample_std_of_the_split_fids():
 
 
 def test_plain_eval_reports_fid_pm_over_splits(tmp_path, monkeypatch):
-    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", _PixelFeatures)
+    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", PixelFeatures)
     imgs = torch.randint(0, 256, (30, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    FeatureStats.from_features(_PixelFeatures().extract(imgs[:20]), INCEPTION_PROTOCOL).save(tmp_path / "ref.npz")
+    FeatureStats.from_features(PixelFeatures().extract(imgs[:20]), INCEPTION_PROTOCOL).save(tmp_path / "ref.npz")
     result = evaluate(tensor_source(imgs), reference=str(tmp_path / "ref.npz"), num_samples=30, kid_subsets=2)
     assert result["splits"] == 3 and result["fid_split"]["size"] == 10 and len(result["fid_split"]["values"]) == 3
     few = evaluate(tensor_source(imgs), reference=str(tmp_path / "ref.npz"), num_samples=5, kid_subsets=2)

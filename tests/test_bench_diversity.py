@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from fixtures import save_tiny_clip_model, save_tiny_latent_teacher
+from fixtures import PixelFeatures, save_tiny_clip_model, save_tiny_latent_teacher
 from PIL import Image
 
 from fdistill.bench import BENCHES
@@ -26,7 +26,6 @@ from fdistill.export.pipeline import OneStepPipeline, export_student
 from fdistill.export.stable_diffusion import export_sd_student
 from fdistill.metrics import inception as incmod
 from fdistill.metrics.diversity import intra_class_diversity, mean_pairwise_distance
-from fdistill.metrics.inception import INCEPTION_PROTOCOL
 from fdistill.nets.generator import OneStepGenerator
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
@@ -95,20 +94,6 @@ def test_mixture_table_rows_and_hybrid_zero(tmp_path):
     assert all(_finite(r, MIXTURE_KEYS) for r in result["rows"])
 
 
-class _PixelFeatures(torch.nn.Module):
-    """A cheap stand-in for the Inception (4x4-pooled pixels, 16 features)."""
-
-    protocol = INCEPTION_PROTOCOL
-    weights_path = "pixels"
-    num_features = 16
-
-    def __init__(self, weights=None, channels_last: bool = False) -> None:
-        super().__init__()
-
-    def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
-
-
 def _tiny_unet(seed: int) -> EDMUNet:
     torch.manual_seed(seed)
     return EDMUNet(sample_size=32, block_out_channels=(8, 16), attention_levels=(), norm_num_groups=4,
@@ -117,7 +102,7 @@ def _tiny_unet(seed: int) -> EDMUNet:
 
 def test_fmnist_table_rows_and_hybrid_zero(tmp_path, monkeypatch):
     monkeypatch.setenv("FDISTILL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", _PixelFeatures)
+    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", PixelFeatures)
     _tiny_unet(0).save_pretrained(tmp_path / "teacher")
     export_student(_tiny_unet(1), 2.5, tmp_path / "one", class_names=CLASS_NAMES)
     export_student(_tiny_unet(2), 2.5, tmp_path / "two", class_names=CLASS_NAMES, student_sigmas=[2.5, 0.25])

@@ -12,6 +12,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from fixtures import PixelFeatures
 
 from fdistill.eval.fid_eval import evaluate
 from fdistill.eval.images import main
@@ -320,25 +321,11 @@ def test_eval_cli_npz_and_folder(tmp_path, fm_images, capsys):
     assert "protocol" in capsys.readouterr().err
 
 
-class _PixelFeatures(torch.nn.Module):
-    """A cheap stand-in for the Inception (4x4-pooled pixels) to test the evaluation plumbing."""
-
-    protocol = INCEPTION_PROTOCOL
-    weights_path = "pixels"
-    num_features = 16
-
-    def __init__(self, weights=None, channels_last: bool = False) -> None:
-        super().__init__()
-
-    def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
-
-
 def test_generator_source_hook_and_teacher_table(tmp_path, fm_images, monkeypatch):
     import fdistill.eval.sources as ev
 
     monkeypatch.setattr(ev, "_SOURCES", [])
-    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", _PixelFeatures)
+    monkeypatch.setattr(incmod, "InceptionFeatureExtractor", PixelFeatures)
     calls = []
 
     def generate(n: int, seed: int) -> torch.Tensor:
@@ -351,7 +338,7 @@ def test_generator_source_hook_and_teacher_table(tmp_path, fm_images, monkeypatc
 
     register_source(lambda spec: spec.startswith("toy://"), load, name="toy")
     assert resolve_source("toy://student").name == "toy://student"
-    stats = FeatureStats.from_features(_PixelFeatures().extract(fm_images[:12]), INCEPTION_PROTOCOL)
+    stats = FeatureStats.from_features(PixelFeatures().extract(fm_images[:12]), INCEPTION_PROTOCOL)
     stats.save(tmp_path / "ref.npz")
     result = evaluate("toy://student", reference=str(tmp_path / "ref.npz"), num_samples=5, seed=7,
                       teacher_nfe=[2, 35], kid_subsets=2)  # fmt: skip
