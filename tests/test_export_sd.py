@@ -1,7 +1,9 @@
 """Export of a latent one-step student as a stock StableDiffusionPipeline folder: ``DiffusionPipeline`` reloads it
 and ``pipe(prompt, num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0)`` (LCMScheduler) reproduces
 ``x0 = G(z)`` (latents and decoded images) for eps- and v-prediction teachers, with LoRA fused into a plain UNet;
-the model card holds that call; a non-integer timestep or VE input scaling is one clear error."""
+the model card holds that call; a non-integer timestep or VE input scaling is one clear error. A K-step student
+exports as ``pipe(prompt, num_inference_steps=K, timesteps=[t_1..t_K], guidance_scale=0.0)``, which with the same
+seeded generator reproduces its training-time chain (``run_chain``: LCM's re-noising draws are the chain's noise)."""
 
 from __future__ import annotations
 
@@ -96,6 +98,55 @@ def test_model_card_and_files_hold_the_exact_call(roots, tmp_path):
     info = json.loads((out / "fdistill_export.json").read_text())
     assert info["timesteps"] == [399] and info["scheduler"] == "LCMScheduler"
     assert (out / "prompts.txt").read_text().splitlines() == PROMPTS
+
+
+@pytest.mark.parametrize(("pred", "timesteps"), [("epsilon", [999, 749, 499]), ("v_prediction", [999, 499])])
+def test_k_step_export_reproduces_the_training_chain(roots, tmp_path, pred, timesteps):
+    """The stock LCM pipeline at the recorded timesteps is the student's chain ``x0_k = D(x_k, sigma_k)``,
+    ``x_{k+1} = x0_k + sigma_{k+1} eps_k``: a seeded generator draws ``z`` and then ``eps_1..eps_{K-1}``
+    (``randn_tensor`` in each intermediate LCM step), so the chain fed the same draws matches to float32 rounding
+    (tolerance 1e-4: the VP input ``sqrt(abar) x0 + sqrt(1 - abar) eps`` vs the chain's ``(x0 + sigma eps) /
+    sqrt(1 + sigma^2)``, through K UNet calls)."""
+    from diffusers import DiffusionPipeline
+
+    from fdistill.export.loading import sd_one_step_call, sd_student_call
+
+    teacher = _teacher(roots[pred])
+    one = _perturbed_generator(teacher, timesteps[0])
+    sigmas = [teacher.sigma_at(t) for t in timesteps]
+    gen = OneStepGenerator(one.net, sigmas[0], "vp", sigmas=sigmas)
+    out = export_sd_student(gen, teacher, tmp_path / "k", card={"method": "test"})
+    call = sd_student_call(out)
+    assert call == {"num_inference_steps": len(timesteps), "timesteps": timesteps, "guidance_scale": 0.0}
+    assert one_step_kwargs(out) == call == sd_one_step_call(out)
+    text = f"num_inference_steps={len(timesteps)}, timesteps={timesteps}, guidance_scale=0.0"
+    card = (out / "README.md").read_text()
+    assert text in card and f"**NFE**: {len(timesteps)}" in card and "generator=torch.Generator()" in card
+    pipe = DiffusionPipeline.from_pretrained(out)
+    cond = torch.tensor([1, 0])
+    prompts = [PROMPTS[i] for i in cond.tolist()]
+    shape = (2, *teacher.sample_shape)
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(shape, generator=g)
+    noise = torch.stack([torch.randn(shape, generator=g) for _ in timesteps[1:]])
+    with torch.no_grad():
+        chain = gen(z, cond, noise=noise)
+        seeded = pipe(prompts, generator=torch.Generator().manual_seed(7), output_type="latent", **call).images
+        torch.testing.assert_close(seeded, chain, rtol=1e-4, atol=1e-4)
+        assert (chain - one(z, cond)).abs().max() > 1e-3  # the later steps change the sample
+        g = torch.Generator().manual_seed(8)  # given latents: the generator draws only the re-noising
+        given = pipe(prompts, latents=z.clone(), generator=g, output_type="latent", **call).images
+        g = torch.Generator().manual_seed(8)
+        noise = torch.stack([torch.randn(shape, generator=g) for _ in timesteps[1:]])
+        torch.testing.assert_close(given, gen(z, cond, noise=noise), rtol=1e-4, atol=1e-4)
+
+
+def test_k_step_level_off_the_timestep_grid_is_a_clear_error(roots, tmp_path):
+    teacher = _teacher(roots["epsilon"])
+    gen = OneStepGenerator(teacher.make_network(), teacher.sigma_at(999), "vp", sigmas=[teacher.sigma_at(999), 2.5])
+    with pytest.raises(ValueError, match=r"student_sigmas\[1\]=2.5 is timestep 624\.\d+ .* \(timestep 625\)"):
+        export_sd_student(gen, teacher, tmp_path / "k")
+    assert not (tmp_path / "k").exists()  # refused before anything is written
 
 
 def test_non_integer_timestep_and_ve_input_are_clear_errors(roots, tmp_path):

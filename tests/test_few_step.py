@@ -5,7 +5,6 @@ reduces to the student (N = 0) and to the teacher (N = all steps), dt-vis writes
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -202,13 +201,6 @@ def test_old_folder_without_schedule_loads_as_one_step(tmp_path):
     with torch.no_grad():
         direct = unet(2.5 * z, torch.full((2,), 2.5), torch.tensor([0, 1])).clamp(-1, 1)
     assert torch.allclose(pipe(batch_size=2, class_labels=[0, 1], seed=1, output_type="pt").images, direct, atol=1e-6)
-
-
-def test_k_step_sd_export_is_a_clear_error():
-    from fdistill.export.stable_diffusion import export_sd_student
-
-    with pytest.raises(ValueError, match="K-step SD export not supported yet"):
-        export_sd_student(SimpleNamespace(sigmas=(14.6, 1.0)), None, "unused")
 
 
 # ---- hybrid sampling and dt-vis ------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 An exported student is either a :class:`fdistill.export.pipeline.OneStepPipeline` folder (class-conditional or
 unconditional pixel student, its teacher an :class:`fdistill.nets.unet.EDMUNet` folder) or a stock diffusers
-``StableDiffusionPipeline`` folder from :mod:`fdistill.export.stable_diffusion` (text-to-image, one step at the
-``t_init`` its ``fdistill_export.json`` records; docs/math.md §1.2 for the VP timestep axis), whose teacher is the
-SD-style folder it was distilled from, sampled with a deterministic DPM-Solver++ 2M scheduler.
+``StableDiffusionPipeline`` folder from :mod:`fdistill.export.stable_diffusion` (text-to-image, one or K steps at
+the timesteps ``t_1..t_K`` its ``fdistill_export.json`` records; docs/math.md §1.2 for the VP timestep axis, §2.10
+for the K-step chain), whose teacher is the SD-style folder it was distilled from, sampled with a deterministic
+DPM-Solver++ 2M scheduler.
 
 Every problem found while loading is a :class:`CheckpointLoadError` whose message is one line naming the path or
 value, so the demo and ``fdistill eval-t2i`` can print it and exit.
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 import fdistill.export.pipeline as pipelines
-from fdistill.export.stable_diffusion import EXPORT_FILE, one_step_kwargs
+from fdistill.export.stable_diffusion import EXPORT_FILE, student_call_kwargs
 from fdistill.nets.text_encoders import PACKAGED_MARKER, WEIGHTS_FILE, load_text_encoder
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.latent import transformers_class
@@ -44,6 +45,7 @@ __all__ = [
     "one_line",
     "pick_device",
     "sd_one_step_call",
+    "sd_student_call",
 ]
 
 SD_PIPELINE = "StableDiffusionPipeline"
@@ -91,29 +93,35 @@ def is_sd_folder(path: Path) -> bool:
     return isinstance(index, dict) and "unet" in index and "text_encoder" in index
 
 
-def sd_one_step_call(path: Path) -> dict[str, Any]:
-    """The call that makes an exported ``StableDiffusionPipeline`` student its one-step generator, as its
-    ``fdistill_export.json`` records it: ``num_inference_steps=1, timesteps=[t_init], guidance_scale=0.0``."""
+def sd_student_call(path: Path) -> dict[str, Any]:
+    """The call that makes an exported ``StableDiffusionPipeline`` student its generator, as its
+    ``fdistill_export.json`` records it: ``num_inference_steps=K, timesteps=[t_1..t_K], guidance_scale=0.0``
+    (strictly decreasing integer timesteps; K = 1 for a one-step student)."""
     try:
-        call = one_step_kwargs(path)
-        (t_init,) = call["timesteps"]
-        if isinstance(t_init, bool) or not isinstance(t_init, int):
-            raise ValueError(f"timesteps must be [t_init] with an integer t_init, got {call['timesteps']!r}")
+        call = student_call_kwargs(path)
+        timesteps = call["timesteps"]
+        if not timesteps or any(isinstance(t, bool) or not isinstance(t, int) for t in timesteps):
+            raise ValueError(f"timesteps must be [t_1, ..., t_K] with integer t_k, got {timesteps!r}")
+        if any(b >= a for a, b in zip(timesteps, timesteps[1:], strict=False)):
+            raise ValueError(f"timesteps must be strictly decreasing, got {timesteps!r}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointLoadError(
-            f"{path} is a {SD_PIPELINE} folder without a valid {EXPORT_FILE} recording the student's one-step "
-            f"timestep t_init ({one_line(e)}); export the student with "
+            f"{path} is a {SD_PIPELINE} folder without a valid {EXPORT_FILE} recording the student's timesteps "
+            f"[t_init, ..., t_K] ({one_line(e)}); export the student with "
             "fdistill.export.stable_diffusion.export_sd_student"
         ) from e
     return call
+
+
+sd_one_step_call = sd_student_call  # the name from before K-step students; a one-step folder's call is unchanged
 
 
 def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline | StableDiffusionPipeline:
     """Load an exported student folder as the pipeline class its ``model_index.json`` names.
 
     ``StableDiffusionPipeline`` (a text-to-image student exported by :mod:`fdistill.export.stable_diffusion`) loads
-    with the stock diffusers class, after checking that its ``fdistill_export.json`` records the one-step call
-    (:func:`sd_one_step_call`). Any other class is looked up in :mod:`fdistill.export.pipeline` (``OneStepPipeline``),
+    with the stock diffusers class, after checking that its ``fdistill_export.json`` records the student's call
+    (:func:`sd_student_call`). Any other class is looked up in :mod:`fdistill.export.pipeline` (``OneStepPipeline``),
     and the ``fdistill.*`` modules its components name are imported first: diffusers only instantiates components
     from modules that are already imported."""
     if not path.is_dir():
@@ -125,7 +133,7 @@ def load_student_checkpoint(path: Path, device: torch.device) -> OneStepPipeline
         index = json.loads(index_file.read_text())
         name = index.get("_class_name", "OneStepPipeline")
         if name == SD_PIPELINE:
-            sd_one_step_call(path)  # a CheckpointLoadError of its own before any weights load
+            sd_student_call(path)  # a CheckpointLoadError of its own before any weights load
             return load_sd_pipeline(path, device)
         cls = getattr(pipelines, name, None)
         if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
@@ -192,11 +200,13 @@ class _DropMessage(logging.Filter):
 
 
 def _quiet_expected_lcm_warning() -> None:
-    """Silence ``LCMScheduler``'s per-call warning that the first custom timestep is not T-1: an exported student's
-    single step at ``t_init`` is exactly what :mod:`fdistill.export.stable_diffusion` intends."""
+    """Silence ``LCMScheduler``'s per-call warnings that the first custom timestep is not T-1 and that the others are
+    off LCM's own 50-step grid: an exported student's timesteps are exactly what
+    :mod:`fdistill.export.stable_diffusion` intends."""
     lcm_log = logging.getLogger("diffusers.schedulers.scheduling_lcm")
     if not any(isinstance(f, _DropMessage) for f in lcm_log.filters):
         lcm_log.addFilter(_DropMessage("on the custom timestep schedule is"))
+        lcm_log.addFilter(_DropMessage("not on the original training/distillation timestep schedule"))
 
 
 def load_sd_pipeline(path: Path, device: torch.device) -> StableDiffusionPipeline:
