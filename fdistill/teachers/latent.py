@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from fdistill.core.guidance import combine as guidance_combine
 from fdistill.core.noise import append_dims
 from fdistill.core.schedules import ddpm_sigmas, sigma_to_timestep, timestep_to_sigma
+from fdistill.nets.text_encoders import load_text_encoder
 from fdistill.teachers.autoencoder import vae_decode, vae_encode, vae_factors
 from fdistill.teachers.base import Teacher
 from fdistill.teachers.prompts import PromptTable, read_prompts
@@ -414,8 +415,6 @@ def load_latent_teacher(teacher_cfg) -> LatentTeacher:
         enc_cls = transformers_class(root, sub, "text_encoder", "AutoModel")
         te_dir = Path(root) / _join(sub, "text_encoder")
         if te_dir.is_dir():  # local: also folders shipped without the packaged MiniLM weights (text_encoders.py)
-            from fdistill.nets.text_encoders import load_text_encoder
-
             text_encoder = load_text_encoder(te_dir, enc_cls, variant=variant).to(dtype)
         else:
             text_encoder = enc_cls.from_pretrained(root, subfolder=_join(sub, "text_encoder"), variant=variant)
