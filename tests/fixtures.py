@@ -11,6 +11,8 @@ Tests import them as ``from fixtures import ...`` (``tests/`` is on ``sys.path``
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -176,3 +178,16 @@ class PixelFeatures(torch.nn.Module):
 
     def extract(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+
+
+def sigterm_on_call(monkeypatch, module, name: str, k: int) -> None:
+    """SIGTERM this process during the ``k``-th call of ``module.name`` (the signal lands mid-step)."""
+    original, calls = getattr(module, name), []
+
+    def call_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, call_then_sigterm)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import sigterm_on_call
 
+import fdistill.train.caption_match.loop as loop_module
 from fdistill.rewards import TEXT_TOWER_FILE, PreferenceReward
 from fdistill.train.caption_match import augment, clip_loss, heldout_mask, main, train_caption_match
 
@@ -169,24 +171,6 @@ def test_bad_args_exit_2(argv, needle, capsys):
 RESUME = dict(steps=8, batch_size=4, lr=3e-3, seed=0, fit_on="all", checkpoint_every=3, progress=False, **TINY)
 
 
-def _sigterm_at_call(monkeypatch, k: int) -> None:
-    """SIGTERM this process during the ``k``-th augmentation (the signal lands mid-step)."""
-    import os
-    import signal
-
-    import fdistill.train.caption_match.loop as loop_module
-
-    original, calls = loop_module.augment, []
-
-    def augment_then_sigterm(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == k:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop_module, "augment", augment_then_sigterm)
-
-
 def _assert_same_run(a: Path, b: Path) -> None:
     from safetensors.torch import load_file
 
@@ -207,7 +191,7 @@ def test_sigterm_then_resume_is_bit_exact(trained, tmp_path, monkeypatch):
     full = train_caption_match(tmp_path / "full", images, captions, text_model=text, **RESUME)
     assert not (tmp_path / "full.run").exists(), "a finished run removes its checkpoints"
     with monkeypatch.context() as m:
-        _sigterm_at_call(m, 5)
+        sigterm_on_call(m, loop_module, "augment", 5)
         part = train_caption_match(tmp_path / "part", images, captions, text_model=text, **RESUME)
     info = json.loads((part / "training_info.json").read_text())
     assert info["stopped_by_signal"] and info["steps"] == 5
@@ -228,7 +212,7 @@ def test_cli_resume_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
     argv = [*flags, "--text-model", str(trained[1]), "--out", str(tmp_path / "m"), "--steps", "4", "--batch-size",
             "4", "--fit-on", "all", "--checkpoint-every", "1", "--no-progress"]  # fmt: skip
     with monkeypatch.context() as m:
-        _sigterm_at_call(m, 2)
+        sigterm_on_call(m, loop_module, "augment", 2)
         assert main(argv) == 0
     assert "--resume latest" in capsys.readouterr().out
     ckpts = sorted((tmp_path / "m.run" / "checkpoints").iterdir())

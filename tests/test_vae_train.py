@@ -5,7 +5,9 @@ import logging
 
 import pytest
 import torch
+from fixtures import sigterm_on_call
 
+import fdistill.train.vae as vae_module
 from fdistill.data import synthetic_dataset
 from fdistill.train.vae import fit_vae, main, save_vae, train_vae
 
@@ -125,24 +127,6 @@ def _assert_same_run(a, b) -> None:
         assert ia[key] == ib[key], key
 
 
-def _sigterm_at_call(monkeypatch, k: int) -> None:
-    """SIGTERM this process during the ``k``-th loss computation (the signal lands mid-step)."""
-    import os
-    import signal
-
-    import fdistill.train.vae as vae_module
-
-    original, calls = vae_module._loss, []
-
-    def loss_then_sigterm(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == k:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(vae_module, "_loss", loss_then_sigterm)
-
-
 def test_sigterm_then_resume_is_bit_exact(images, tmp_path, monkeypatch):
     from fdistill.train.checkpoint import list_checkpoints
 
@@ -150,7 +134,7 @@ def test_sigterm_then_resume_is_bit_exact(images, tmp_path, monkeypatch):
     full = train_vae(images, tmp_path / "full", **args)
     assert not (tmp_path / "full.run").exists(), "a finished run removes its checkpoints"
     with monkeypatch.context() as m:
-        _sigterm_at_call(m, 3)
+        sigterm_on_call(m, vae_module, "_loss", 3)
         part = train_vae(images, tmp_path / "part", **args)
     info = json.loads((part / "training_info.json").read_text())
     assert info["stopped_by_signal"] and info["steps"] == 3
@@ -168,7 +152,7 @@ def test_cli_resume_errors_are_one_line(tmp_path, capsys, monkeypatch, caplog):
     out = tmp_path / "v"
     argv = [*SYNTH, "--out", str(out), "--steps", "4", "--checkpoint-every", "1"]
     with monkeypatch.context() as m:
-        _sigterm_at_call(m, 2)
+        sigterm_on_call(m, vae_module, "_loss", 2)
         assert main(argv) == 0
     assert "--resume latest" in capsys.readouterr().out
     ckpts = sorted((tmp_path / "v.run" / "checkpoints").iterdir())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdistill.config.schema import MISSING, ConfigError, opt
+from fdistill.config.schema import MISSING, ConfigError, checkpoint_every_opt, opt, resume_opt
 
 __all__ = ["CaptionMatchConfig", "CaptionMatchRecipe", "check_config", "check_recipe"]
 
@@ -42,14 +42,8 @@ class CaptionMatchRecipe:
     save_text_tower: bool = opt(False, "store the text tower weights (+87 MB)")
     validation_run: str | None = opt(None, "an earlier --fit-on train run to quote in the card")
     progress: bool = opt(True, "progress bar")
-    checkpoint_every: int = opt(
-        200, "steps between resumable checkpoints in OUT.run (also at a SIGTERM stop and at the end); 0 = only then"
-    )
-    resume: str | None = opt(
-        None,
-        "continue an interrupted run: 'latest' (OUT.run's newest checkpoint) or a checkpoint folder; None = start"
-        " fresh (refused while OUT.run holds an interrupted run's checkpoints)",
-    )
+    checkpoint_every: int = checkpoint_every_opt()
+    resume: str | None = resume_opt()
 
 
 @dataclass

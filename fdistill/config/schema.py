@@ -29,12 +29,14 @@ __all__ = [
     "MISSING",
     "ConfigError",
     "add_flags",
+    "checkpoint_every_opt",
     "from_flags",
     "known_keys",
     "load",
     "merge_layers",
     "opt",
     "options_help",
+    "resume_opt",
     "to_dataclass",
 ]
 
@@ -53,6 +55,22 @@ def opt(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def checkpoint_every_opt(default: int = 200) -> Any:
+    """``checkpoint_every`` of the plain-PyTorch ``--flags`` trainers that resume (:mod:`fdistill.train.resumable`)."""
+    return opt(
+        default, "steps between resumable checkpoints in OUT.run (also at a SIGTERM stop and at the end); 0 = only then"
+    )
+
+
+def resume_opt() -> Any:
+    """``resume`` of the plain-PyTorch ``--flags`` trainers that resume (:mod:`fdistill.train.resumable`)."""
+    return opt(
+        None,
+        "continue an interrupted run: 'latest' (OUT.run's newest checkpoint) or a checkpoint folder; None = start"
+        " fresh (refused while OUT.run holds an interrupted run's checkpoints)",
+    )
 
 
 def _keys(obj: Any, prefix: str = "") -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fdistill.config.schema import MISSING, ConfigError, opt
+from fdistill.config.schema import MISSING, ConfigError, checkpoint_every_opt, opt, resume_opt
 from fdistill.data import DATASETS
 
 __all__ = ["SIZED", "VAEConfig", "VAERecipe", "check_config", "check_recipe", "parse_channels"]
@@ -41,14 +41,8 @@ class VAERecipe:
     )
     device: str = opt("cpu", "torch device")
     progress: bool = opt(True, "tqdm progress bar")
-    checkpoint_every: int = opt(
-        200, "steps between resumable checkpoints in OUT.run (also at a SIGTERM stop and at the end); 0 = only then"
-    )
-    resume: str | None = opt(
-        None,
-        "continue an interrupted run: 'latest' (OUT.run's newest checkpoint) or a checkpoint folder; None = start"
-        " fresh (refused while OUT.run holds an interrupted run's checkpoints)",
-    )
+    checkpoint_every: int = checkpoint_every_opt()
+    resume: str | None = resume_opt()
 
 
 @dataclass
