@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from fdistill.bench.lora_transfer_train import ADAPTER, WEIGHTS, with_lora
-from fdistill.eval.t2i.base import T2IGenerator, batch_noise
-from fdistill.eval.t2i.generators import teacher_generators
+from fdistill.eval.t2i.base import T2IGenerator
+from fdistill.eval.t2i.generators import pipeline_generator, teacher_generators
 from fdistill.eval.t2i.metrics import reward_image_features, reward_text_features
 from fdistill.export.loading import load_sd_pipeline, sd_one_step_call
 from fdistill.rewards import CLIPReward
@@ -82,20 +82,8 @@ def student_generator(path: str | Path, lora: str | Path | None, device: torch.d
     if lora is not None:
         with _quiet_diffusers():
             pipe.load_lora_weights(str(lora), adapter_name=ADAPTER, weight_name=WEIGHTS)
-    cfg = pipe.unet.config
-    size = cfg.sample_size
-    shape = (int(cfg.in_channels), *((size, size) if isinstance(size, int) else tuple(size)))
-
-    def encode(prompts: list[str]) -> Tensor:
-        with torch.no_grad():
-            return pipe.encode_prompt(prompts, device, 1, False)[0]
-
-    def sample(embeds: Tensor, seed: int) -> Tensor:
-        z = batch_noise((embeds.shape[0], *shape), seed, device)
-        return pipe(prompt_embeds=embeds, latents=z, output_type="pt", **call).images.float() * 2 - 1
-
     name = "student + LoRA" if lora is not None else "student"
-    return T2IGenerator(name, "student", 1, 1, None, encode, sample, {"path": str(path), "call": call})
+    return pipeline_generator(pipe, call, name, device, {"path": str(path), "call": call})
 
 
 class ZeroShot:

@@ -141,13 +141,25 @@ def load_student_generator(
         raise EvalT2ISetupError(str(e)) from e
     except Exception as e:
         raise EvalT2ISetupError(f"cannot load the student {path}: {one_line(e)}") from e
-    cfg = pipe.unet.config
-    size = cfg.sample_size
-    shape = (int(cfg.in_channels), *((size, size) if isinstance(size, int) else tuple(size)))
+    shape = student_latent_shape(pipe)
     if latent_shape is not None and tuple(latent_shape) != shape:
         raise EvalT2ISetupError(
             f"--student {path} makes latents {shape}, the teacher {tuple(latent_shape)}: not the same latent space"
         )
+    return pipeline_generator(pipe, call, name or _default_name(path), device, {"path": str(path), "call": call})
+
+
+def student_latent_shape(pipe) -> tuple[int, ...]:
+    """The latent shape ``(C, H, W)`` a student pipeline's UNet samples."""
+    cfg = pipe.unet.config
+    size = cfg.sample_size
+    return (int(cfg.in_channels), *((size, size) if isinstance(size, int) else tuple(size)))
+
+
+def pipeline_generator(pipe, call: dict, name: str, device: str | torch.device, info: dict) -> T2IGenerator:
+    """A loaded student pipeline as a generator: the recorded stock call ``call`` on the batch's noise ``z``."""
+    device = torch.device(device)
+    shape = student_latent_shape(pipe)
 
     def encode(prompts: list[str]) -> Tensor:
         with torch.no_grad():
@@ -159,14 +171,7 @@ def load_student_generator(
         return images.float() * 2 - 1
 
     return T2IGenerator(
-        name=name or _default_name(path),
-        kind="student",
-        nfe=1,
-        unet_evals=1,
-        cfg=None,
-        encode=encode,
-        sample=sample,
-        info={"path": str(path), "call": call},
+        name=name, kind="student", nfe=1, unet_evals=1, cfg=None, encode=encode, sample=sample, info=info
     )
 
 
