@@ -87,6 +87,21 @@ def test_sida_trains_the_discriminator_and_logs_its_gan_term(teacher_dir, tmp_pa
     assert any("method/gan_loss" in r for r in rows) and any("loss/disc" in r for r in rows)
 
 
+def test_init_generator_loads_an_exported_pixel_student(teacher_dir, tmp_path):
+    """SiD²A starts from an exported one-step pixel student: ``train.init_generator`` puts its whole EDMUNet (the
+    ``unet/`` of a OneStepPipeline) into the new generator."""
+    from safetensors.torch import load_file
+
+    distill(image_config(teacher_dir, tmp_path / "first", "method.name=sid", "train.steps=2"))
+    student = tmp_path / "first" / "student"
+    d = Distiller(image_config(teacher_dir, tmp_path / "second", "method.name=sid", "method.gan_weight=1e-4",
+                               f"train.init_generator={student}"))  # fmt: skip
+    saved = load_file(str(student / "unet" / "diffusion_pytorch_model.safetensors"))
+    loaded = d.generator.net.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
 def test_image_run_resumes_bit_exactly(teacher_dir, tmp_path):
     from safetensors.torch import load_file
 

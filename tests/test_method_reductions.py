@@ -205,12 +205,16 @@ def test_dmd_gradient(world, normalize):
     torch.testing.assert_close(g_x0, g / NUMEL, **EXACT)
 
 
-def assert_plus_gan_term(world, with_gan, without_gan, weight: float) -> None:
+def assert_plus_gan_term(world, with_gan, without_gan, weight: float, sida: bool = False) -> None:
     """Loss and generator gradient of ``with_gan`` are those of ``without_gan`` plus ``weight`` times the
-    non-saturating GAN term ``softplus(-logit(x_t))`` (and its gradient) on the same batch."""
+    non-saturating GAN term ``softplus(-logit(x_t))`` (and its gradient) on the same batch; for SiDA times
+    ``numel / sg(mean |x0 - D_p|)`` per sample, the SiD term's scale."""
     (la, ga), (lb, gb) = with_gan, without_gan
     b = world.inputs()
     gan = torch.nn.functional.softplus(-world.logit_net(b.x_t, b.sigma))
+    if sida:
+        wf = (b.x0 - world.teacher(b.x_t, b.sigma)).abs().flatten(1).mean(1).detach()
+        gan = gan * b.x0[0].numel() / wf
     g_gan = torch.autograd.grad(gan.sum(), list(world.gen.parameters()))
     torch.testing.assert_close(la, lb + weight * gan.detach(), **EXACT)
     for a, bb, gg in zip(ga, gb, g_gan, strict=True):
@@ -229,12 +233,13 @@ def assert_plus_gan_term(world, with_gan, without_gan, weight: float) -> None:
     ids=["dmd", "fdistill-js", "fdistill-rkl", "uni_instruct-sf", "sida"],
 )
 def test_gan_term(world, cfg):
-    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator (SiDA: sid)."""
+    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator; SiDA (sid):
+    times numel / wf."""
     from dataclasses import replace
 
     la, ga, _, _ = world.run(replace(cfg, gan_weight=0.3))
     lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0))
-    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3)
+    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3, sida=cfg.name == "sid")
 
 
 def test_uni_instruct_h_normalisation_is_a_batch_constant(world):
@@ -536,4 +541,4 @@ def test_gan_term_and_ratio_share_one_discriminator_forward(world, cfg):
     counter0 = CountingLogit(world.logit_net)
     lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0), logit=counter0)
     assert counter0.calls == 1
-    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3)
+    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3, sida=cfg.name == "sid")

@@ -82,7 +82,11 @@ class MethodConfig:
     huber_c: float = opt(1.0, "sim, di_star: pseudo-Huber c (on the score difference)")
     normalize: bool = opt(True, "dmd, sid: per-sample L1 normaliser 1/mean|x0 - D_p|")
     guidance: float = opt(1.0, "teacher CFG scale for the reference score, w = 1 means off")
-    gan_weight: float = opt(0.0, "dmd, fdistill, uni_instruct: non-saturating GAN term on the generator")
+    gan_weight: float = opt(
+        0.0,
+        "non-saturating GAN term on the generator (dmd, fdistill, uni_instruct); "
+        "sid: SiDA, scaled by numel / wf like the SiD term (SiDA CIFAR-10: 1e-4)",
+    )
     disc_features: str = opt("fake", "discriminator head on 'fake' score or 'teacher' encoder features")
     disc_weight: float | None = opt(None, "disc BCE weight in the fake phase; null: 0.01 on fake features, else 1")
     logit_clip: float = opt(10.0, "fdistill, uni_instruct: |logit| clamp before r = exp(logit)")

@@ -8,10 +8,12 @@ distribution (= SIM with ``d = |.|^2``, up to a factor 2). Samples with non-fini
 (:func:`frozen_denoisers`).
 
 SiDA (Zhou et al., ICLR 2025) is ``gan_weight > 0``: a discriminator head on the fake score's encoder (the
-trainer adds its BCE on real vs generated data to the fake-score update) and ``gan_weight * softplus(-logit(x_t))``
-added to the generator loss, on the same ``x_t``. Deviations from SiDA's code: our head is a small conv head, not
-the channel mean of the bottleneck, and the GAN term is not divided by ``wf`` (SiDA's 0.5/0.5 mix of the two
-terms is a choice of ``gan_weight``).
+trainer adds its BCE on real vs generated data to the fake-score update) and, on the same ``x_t``, SiDA's
+generator GAN term ``gan_weight * numel * softplus(-logit(x_t)) / wf`` added to the generator loss: scaled like
+the SiD term (a sum over the sample's ``numel`` values, divided by the same ``wf``), so the ratio of the two
+does not move with sigma or resolution. SiDA's code mixes ``0.5 lsg * L_SiD + 0.5 lsg_gan * L_GAN``; its
+CIFAR-10 recipe (``lsg 100, lsg_gan 0.01``) is ``gan_weight = 1e-4`` here. Deviation from SiDA's code: our head
+is a small conv head, not the channel mean of the bottleneck.
 
 Training recipe (``methods/recipes.py``): SiD's run_sid.sh, sigma_init 2.5, Adam (0, 0.999), no clip, fake score
 on EDM's lognormal.
@@ -95,6 +97,7 @@ class SiD(Method):
         logs = {"dropped": (~keep).sum().float()}
         if logit is not None:
             gan = F.softplus(-logit)
-            loss = loss + self.cfg.gan_weight * gan
+            numel_over_wf = x0[0].numel() / sid_weight(x0, d_p, self.cfg.normalize).flatten(1)[:, 0]
+            loss = loss + self.cfg.gan_weight * numel_over_wf * gan
             logs["gan_loss"] = kept_mean(gan.detach(), keep)
         return MethodOutput(torch.where(keep, loss, 0.0), logs)

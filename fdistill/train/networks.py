@@ -150,7 +150,8 @@ def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> N
     for f in files:
         state.update(load_file(str(f)))
     net = generator.net
-    target = getattr(net, "unet", net)
+    # a latent student's unet/ holds the diffusers UNet (net.unet); a pixel student's the whole EDMUNet
+    target = net if set(state) == set(net.state_dict()) else getattr(net, "unet", net)
     if getattr(target, "peft_config", None):
         raise ValueError("train.init_generator cannot be combined with teacher.lora_rank > 0 (fused weights)")
     try:
