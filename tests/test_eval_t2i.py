@@ -18,6 +18,7 @@ from fdistill.eval.t2i import (
     batch_noise,
     diversity_scores,
     evaluate_t2i,
+    load_student_generator,
     load_teacher,
     main,
     retrieval_accuracy,
@@ -147,6 +148,52 @@ def test_python_api_match_is_score_images_and_real_images_give_fd(folders):
     assert res["rank_pool_size"] == len(PROMPTS)
 
 
+def test_clip_score_and_split_spreads_with_verdicts(folders, tmp_path, capsys):
+    """--clip-model adds torchmetrics' CLIP score; --splits 3 gives match / FD / CLIP score over 3 disjoint sets of
+    2 prompts (their mean ± std) and a verdict of the student against each teacher row by the noise rule."""
+    from fdistill.eval.fid_eval import beyond_noise
+    from fdistill.metrics.clip_score import clip_score
+
+    out = tmp_path / "e.json"
+    argv = _base_args(folders, "--teacher-nfe", "3", "--real", str(folders.real), "--clip-model", str(folders.clip),
+                      "--splits", "3", "--diversity-prompts", "0", "--out-json", str(out))  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    teacher_row, student_row = result["rows"]
+    assert result["splits"] == 3 and result["split_size"] == 2
+    for r in result["rows"]:
+        assert 0 <= r["clip_score"] <= 100
+        for key in ("match", "fd_caption_match", "clip_score"):
+            sp = r[f"{key}_split"]
+            assert sp["splits"] == 3 and sp["size"] == 2 and len(sp["values"]) == 3
+            assert sp["mean"] == pytest.approx(sum(sp["values"]) / 3) and sp["std"] >= 0
+        # match is a mean over images: the mean of three equal-size split means is the mean of all six
+        assert r["match_split"]["mean"] == pytest.approx(r["match"], rel=1e-6)
+    verdicts = {v["metric"]: v for v in result["verdicts"]}
+    assert set(verdicts) == {"match", "fd_caption_match", "clip_score"}
+    for key, v in verdicts.items():
+        diff, noise, beyond = beyond_noise(student_row[f"{key}_split"], teacher_row[f"{key}_split"])
+        assert (v["diff"], v["noise"], v["beyond_noise"]) == (pytest.approx(diff), pytest.approx(noise), beyond)
+    assert "| match ± s | FD ± s |" in stdout and "CLIP score" in stdout and "Student vs teacher" in stdout
+    # the CLIP score column is the torchmetrics score of the same images (the student: same noise, same prompts)
+    gen = load_student_generator(str(folders.student), "cpu", "s", load_teacher(folders.teacher).sample_shape)
+    from fdistill.eval.t2i.generators import generate
+
+    images, _ = generate(gen, result["prompts"], 4, 0, torch.device("cpu"))
+    expected = clip_score(images, result["prompts"], str(folders.clip))
+    assert student_row["clip_score"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_noise_rule_on_hand_built_spreads():
+    from fdistill.eval.fid_eval import beyond_noise, spread
+
+    a, b = spread([10.0, 11.0, 12.0], 100), spread([7.0, 7.5, 8.0], 100)  # std 1 and 0.5: noise 2 sqrt(1.25)
+    diff, noise, beyond = beyond_noise(a, b)
+    assert diff == pytest.approx(3.5) and noise == pytest.approx(2 * 1.25**0.5) and beyond
+    assert not beyond_noise(a, spread([9.0, 10.0, 11.0], 100))[2]
+
+
 def test_teacher_starts_from_the_same_noise_as_the_students(folders):
     teacher = load_teacher(folders.teacher)
     (gen,) = teacher_generators(teacher, [3], [2.0], "cpu")
@@ -201,6 +248,8 @@ def test_diversity_scores_on_hand_built_samples():
         ({"--real": "nothing.txt"}, "--real 'nothing.txt'"),
         ({"--diversity-seeds": "1"}, "--diversity-seeds must be >= 2"),
         ({"--device": "tpu"}, "tpu"),
+        ({"--splits": "4"}, "--splits 4 of --num-prompts 6"),
+        ({"--clip-model": "no_clip_here"}, "--clip-model no_clip_here"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(folders, capsys, change, message):

@@ -11,7 +11,6 @@ the mean split FIDs is larger than the noise when ``|diff| > 2 sqrt(s_student^2 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fdistill import __version__
-from fdistill.eval.fid_eval import fid_pm, flat_row, fmt_value, score_features, split_header
+from fdistill.eval.fid_eval import beyond_noise, fid_pm, flat_row, fmt_value, score_features, split_header
 from fdistill.eval.model_folders import is_pixel_teacher
 from fdistill.eval.references import Reference, reference_stats
 from fdistill.eval.source_types import SampleSource, SourceOptions, check_uint8
@@ -129,9 +128,8 @@ def _student_row(student: str | SampleSource, ctx: _Context, hw: tuple[int, int]
 
 def verdict(student: dict, teacher: dict) -> dict:
     """Whether the student-minus-teacher mean split FID exceeds ``2 sqrt(s_student^2 + s_teacher^2)``."""
-    diff = student["fid_split_mean"] - teacher["fid_split_mean"]
-    noise = 2 * math.sqrt(student["fid_split_std"] ** 2 + teacher["fid_split_std"] ** 2)
-    beyond = abs(diff) > noise
+    diff, noise, beyond = beyond_noise(*({"mean": r["fid_split_mean"], "std": r["fid_split_std"]}
+                                         for r in (student, teacher)))  # fmt: skip
     plain = (f"larger than the noise: the student is {'worse' if diff > 0 else 'better'}" if beyond
              else "within the noise: no detectable difference")  # fmt: skip
     text = f"teacher NFE {teacher['nfe']}: diff {diff:+.2f}, noise {noise:.2f}, {plain}"

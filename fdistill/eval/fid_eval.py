@@ -9,6 +9,7 @@ scored as ``splits`` disjoint blocks of N // splits (mean and sample std of the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -40,6 +41,14 @@ def spread(values: Sequence[float], size: int) -> dict:
     v = np.asarray(values, dtype=np.float64)
     std = float(v.std(ddof=1)) if v.size > 1 else 0.0
     return {"mean": float(v.mean()), "std": std, "values": v.tolist(), "splits": int(v.size), "size": int(size)}
+
+
+def beyond_noise(a: dict, b: dict) -> tuple[float, float, bool]:
+    """``(diff, noise, |diff| > noise)`` of two :func:`spread` results: ``diff = mean_a - mean_b``, ``noise = 2
+    sqrt(std_a^2 + std_b^2)`` (about a 95% two-sided band for the difference of two split means)."""
+    diff = a["mean"] - b["mean"]
+    noise = 2 * math.sqrt(a["std"] ** 2 + b["std"] ** 2)
+    return diff, noise, abs(diff) > noise
 
 
 def score_features(

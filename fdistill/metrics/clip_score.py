@@ -132,12 +132,23 @@ def clip_score(
     device: str | torch.device = "cpu",
 ) -> float:
     """Mean CLIP score of images (uint8, or float in [-1, 1]; (N, 1|3, H, W)) against their captions."""
+    return clip_scores(images, captions, make_clip_score(model, device), [torch.arange(images.shape[0])], batch_size)[0]
+
+
+@torch.no_grad()
+def clip_scores(images: Tensor, captions: Sequence[str], metric, index_sets: Sequence[Tensor], batch_size: int = 64):
+    """The CLIP score of each subset ``images[idx], captions[idx]`` for ``idx`` in ``index_sets``, with one
+    ``metric`` (:func:`make_clip_score`, reset between subsets)."""
     if len(captions) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
     images = _to_uint8(images)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    metric = make_clip_score(model, device)
-    for i in range(0, images.shape[0], batch_size):
-        metric.update(list(images[i : i + batch_size].to(device)), list(captions[i : i + batch_size]))
-    return float(metric.compute())
+    device = metric.device
+    out = []
+    for idx in index_sets:
+        metric.reset()
+        for chunk in idx.split(batch_size):
+            metric.update(list(images[chunk].to(device)), [captions[i] for i in chunk.tolist()])
+        out.append(float(metric.compute()))
+    return out

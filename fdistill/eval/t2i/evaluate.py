@@ -3,8 +3,14 @@
 Per row (see :mod:`fdistill.eval.t2i.metrics`): ``match``, the mean of ``scale * cos(E_img(x), E_txt(prompt))``
 (:meth:`~fdistill.rewards.CLIPReward.score_images`, the caption-match analog of CLIPScore, Hessel et al. 2021,
 without its ``max(., 0)``); ``R@1``, ``R@5``; FD against real images; optional Inception FID and KID (Heusel et al.
-2017; Binkowski et al. 2018) with the TF-FID Inception of :mod:`fdistill.metrics.inception`; diversity; and
-``ms/img``, the wall time of :func:`fdistill.eval.t2i.generators.generate` per image after one untimed warm-up call.
+2017; Binkowski et al. 2018) with the TF-FID Inception of :mod:`fdistill.metrics.inception`; optional CLIP score
+(Hessel et al. 2021, torchmetrics' ``CLIPScore``) with a CLIP model the caller names; diversity; and ``ms/img``, the
+wall time of :func:`fdistill.eval.t2i.generators.generate` per image after one untimed warm-up call.
+
+Uncertainty: with ``splits = S > 1`` the images are also scored as S disjoint interleaved sets of ``N // S`` (image
+``i`` in set ``i % S``); match, FD, Inception FID and CLIP score get the mean and sample std over the sets
+(``*_split``), and every student row is compared with every teacher row by the rule of ``fdistill eval
+--against-teacher``: a difference counts when ``|diff| > 2 sqrt(s_student^2 + s_teacher^2)``.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fdistill.eval.fid_eval import beyond_noise, spread
 from fdistill.eval.t2i.base import T2IGenerator
 from fdistill.eval.t2i.generators import generate
 from fdistill.eval.t2i.inputs import select_prompts
 from fdistill.eval.t2i.metrics import diversity_scores, retrieval_accuracy, reward_image_features, reward_text_features
+from fdistill.metrics.clip_score import clip_scores
 from fdistill.metrics.fid import fid_from_features, kernel_inception_distance
 from fdistill.metrics.inception import InceptionFeatureExtractor, quantize_uint8
 from fdistill.metrics.plots import image_grid
@@ -38,6 +46,37 @@ NOTES = [
     "w != 1 (both branches batched); students: one UNet call, no CFG",
     "ms/img = UNet evaluations + VAE decoder (prompt embeddings precomputed, warm-up call untimed)",
 ]
+
+
+#: (row key, label, which way is better) of the metrics that get a split spread and a teacher-vs-student verdict
+SPLIT_METRICS = (("match", "match", "higher"), ("fd_caption_match", "FD", "lower"),
+                 ("inception_fid", "Inception FID", "lower"), ("clip_score", "CLIP score", "higher"))  # fmt: skip
+
+
+def split_indices(n: int, splits: int) -> list[Tensor]:
+    """``splits`` disjoint interleaved index sets of ``n // splits`` images each (image ``i`` in set ``i % splits``;
+    the last ``n % splits`` images count only in the full-N numbers)."""
+    size = n // splits
+    return [torch.arange(k, size * splits, splits) for k in range(splits)]
+
+
+def verdicts(rows: Sequence[dict]) -> list[dict]:
+    """Every student row against every teacher row on each metric both have a split spread of."""
+    out = []
+    for st in (r for r in rows if r["kind"] == "student"):
+        for te in (r for r in rows if r["kind"] == "teacher"):
+            for key, label, better in SPLIT_METRICS:
+                a, b = st.get(f"{key}_split"), te.get(f"{key}_split")
+                if not a or not b:
+                    continue
+                diff, noise, beyond = beyond_noise(a, b)
+                worse = diff > 0 if better == "lower" else diff < 0
+                plain = (f"larger than the noise: the student is {'worse' if worse else 'better'}" if beyond
+                         else "within the noise")  # fmt: skip
+                text = f"{st['name']} vs {te['name']}: {label} {diff:+.4g} (noise {noise:.3g}), {plain}"
+                out.append({"student": st["name"], "teacher": te["name"], "metric": key, "diff": diff,
+                            "noise": noise, "beyond_noise": beyond, "text": text})  # fmt: skip
+    return out
 
 
 def _grid_indices(n: int) -> list[int]:
@@ -78,6 +117,7 @@ def _row(
         "inception_fid": None,
         "inception_kid_mean": None,
         "inception_kid_std": None,
+        "clip_score": None,
         "diversity": None,
         "pixel_std": None,
         "ms_per_image": 1000.0 * seconds / n,
@@ -123,18 +163,25 @@ def evaluate_t2i(
     device: str | torch.device = "cpu",
     grid: str | Path | None = None,
     warmup: bool = True,
+    splits: int = 1,
+    clip_metric=None,
 ) -> dict:
     """All metrics of every generator on ``prompts`` (see the module docstring); returns the JSON-ready result.
 
     ``rank_pool``: the texts R@k ranks against (default: ``prompts``; every prompt must be in it). ``real_images``:
     ``(N, C, H, W)`` in ``[-1, 1]`` for FD (and Inception FID/KID when ``inception`` is given), ``None`` skips both.
-    ``grid``: a PNG with one row per generator and the images of 8 evenly spaced prompts."""
+    ``grid``: a PNG with one row per generator and the images of 8 evenly spaced prompts. ``splits``: the number of
+    disjoint sets for the ``*_split`` spreads (1: none). ``clip_metric``: a torchmetrics ``CLIPScore``
+    (:func:`fdistill.metrics.clip_score.make_clip_score`) for the ``clip_score`` column, or ``None``."""
     device = torch.device(device)
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to evaluate")
     if diversity_seeds < 2 and diversity_prompts > 0:
         raise ValueError(f"diversity needs at least 2 seeds, got {diversity_seeds}")
+    if splits < 1 or (splits > 1 and len(prompts) // splits < 2):
+        raise ValueError(f"{splits} splits of {len(prompts)} prompts: need 1 (none) or sets of >= 2 prompts")
+    parts = split_indices(len(prompts), splits) if splits > 1 else []
     pool, targets = _targets(prompts, rank_pool)
     t_start = time.perf_counter()
     pool_feats = reward_text_features(reward, pool)
@@ -156,12 +203,26 @@ def evaluate_t2i(
         images, seconds = generate(gen, prompts, batch_size, seed, device)
         feats = reward_image_features(reward, images, batch_size)
         row = _row(gen, reward, feats, (pool_feats, own_text, targets), seconds)
+        size = len(prompts) // max(splits, 1)
+        if parts:
+            cos = (feats * own_text).sum(-1).double()
+            row["match_split"] = spread([float(reward.scale * cos[i].mean()) for i in parts], size)
         if real_feats is not None:
             row["fd_caption_match"] = fid_from_features(feats, real_feats)
+            if parts:
+                row["fd_caption_match_split"] = spread([fid_from_features(feats[i], real_feats) for i in parts], size)
         if inc_real is not None:
             inc = inception.extract(quantize_uint8(images), batch_size)
             row["inception_fid"] = fid_from_features(inc, inc_real)
             row["inception_kid_mean"], row["inception_kid_std"] = kernel_inception_distance(inc_real, inc, seed=seed)
+            if parts:
+                row["inception_fid_split"] = spread([fid_from_features(inc[i], inc_real) for i in parts], size)
+        if clip_metric is not None:
+            full, *per_split = clip_scores(images, prompts, clip_metric, [torch.arange(len(prompts)), *parts],
+                                           batch_size)  # fmt: skip
+            row["clip_score"] = full
+            if parts:
+                row["clip_score_split"] = spread(per_split, size)
         if div_prompts:
             row["diversity"], row["pixel_std"] = _diversity(
                 gen, reward, div_prompts, diversity_seeds, batch_size, seed, device
@@ -173,6 +234,9 @@ def evaluate_t2i(
 
     result: dict[str, Any] = {
         "rows": rows,
+        "verdicts": verdicts(rows),
+        "splits": splits,
+        "split_size": len(prompts) // splits,
         "num_prompts": len(prompts),
         "prompts": prompts,
         "rank_pool_size": len(pool),
