@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ from fdistill.metrics.fid import FeatureStats, frechet_distance
 from fdistill.metrics.inception import INCEPTION_PROTOCOL
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_unet(seed: int) -> EDMUNet:
@@ -148,3 +151,21 @@ def test_bad_comparisons_are_clear(setup, capsys):
     assert "need --teacher-nfe" in capsys.readouterr().err
     assert main([student, "--against-teacher", teacher, "--teacher-nfe", "3", "--splits", "1", *common]) == 2
     assert "--splits 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cache", sorted((ROOT / "checkpoints/fmnist_teacher/eval_stats").glob("nfe*.npz")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_shipped_teacher_caches_belong_to_the_shipped_teacher(cache):
+    """Each cache shipped next to the Fashion-MNIST teacher was made from its weights and loads under its own
+    recorded protocol; with another teacher file it is refused by name (a retrained teacher needs --recompute)."""
+    from fdistill.eval.teacher_cache import sha256_of, teacher_weight_files
+
+    with np.load(cache, allow_pickle=False) as z:
+        protocol = json.loads(str(z["protocol_json"]))
+    assert protocol["teacher_sha256"] == sha256_of(teacher_weight_files(ROOT / "checkpoints/fmnist_teacher"))
+    assert cache == cache_path(ROOT / "checkpoints/fmnist_teacher", protocol["nfe"], protocol["num_samples"],
+                               protocol["seed"])  # fmt: skip
+    row = load_cache(cache, protocol)
+    assert len(row["fid_split"]["values"]) == protocol["splits"] and row["fid"] > 0
+    with pytest.raises(TeacherCacheMismatch, match="teacher_sha256"):
+        load_cache(cache, {**protocol, "teacher_sha256": "0" * 64})
