@@ -25,11 +25,15 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from fdistill.metrics.inception import quantize_uint8
+
+if TYPE_CHECKING:
+    from torchmetrics.multimodal.clip_score import CLIPScore
 
 
 class CLIPWeightsNotFound(FileNotFoundError):
@@ -136,7 +140,9 @@ def clip_score(
 
 
 @torch.no_grad()
-def clip_scores(images: Tensor, captions: Sequence[str], metric, index_sets: Sequence[Tensor], batch_size: int = 64):
+def clip_scores(
+    images: Tensor, captions: Sequence[str], metric: CLIPScore, index_sets: Sequence[Tensor], batch_size: int = 64
+) -> list[float]:
     """The CLIP score of each subset ``images[idx], captions[idx]`` for ``idx`` in ``index_sets``, with one
     ``metric`` (:func:`make_clip_score`, reset between subsets)."""
     if len(captions) != images.shape[0]:

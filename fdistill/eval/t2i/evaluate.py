@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -34,6 +34,9 @@ from fdistill.metrics.fid import fid_from_features, kernel_inception_distance
 from fdistill.metrics.inception import InceptionFeatureExtractor, quantize_uint8
 from fdistill.metrics.plots import image_grid
 from fdistill.rewards import CLIPReward
+
+if TYPE_CHECKING:
+    from torchmetrics.multimodal.clip_score import CLIPScore
 
 log = logging.getLogger("fdistill.eval.t2i")
 
@@ -164,7 +167,7 @@ def evaluate_t2i(
     grid: str | Path | None = None,
     warmup: bool = True,
     splits: int = 1,
-    clip_metric=None,
+    clip_metric: CLIPScore | None = None,
 ) -> dict:
     """All metrics of every generator on ``prompts`` (see the module docstring); returns the JSON-ready result.
 
