@@ -191,3 +191,20 @@ def sigterm_on_call(monkeypatch, module, name: str, k: int) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, name, call_then_sigterm)
+
+
+def export_perturbed_student(
+    teacher, folder: str | Path, t_init: int = 399, card: dict | None = None, generator: torch.Generator | None = None
+) -> Path:
+    """The teacher's network with N(0, 0.05^2) noise on every weight (a generator that differs from the teacher,
+    as after training), exported at ``t_init`` as a stock SD one-step student folder. The noise comes from
+    ``generator`` (default: a new one seeded 3), so a caller can keep drawing from it afterwards."""
+    from fdistill.export.stable_diffusion import export_sd_student
+    from fdistill.nets.generator import OneStepGenerator
+
+    net = teacher.make_network()
+    g = generator if generator is not None else torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return export_sd_student(OneStepGenerator(net, teacher.sigma_at(t_init), "vp"), teacher, Path(folder), card=card)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from fixtures import PixelFeatures, save_tiny_clip_model, save_tiny_latent_teacher
+from fixtures import PixelFeatures, export_perturbed_student, save_tiny_clip_model, save_tiny_latent_teacher
 from PIL import Image
 
 from fdistill.bench import BENCHES
@@ -23,10 +23,8 @@ from fdistill.data.fashion_mnist import CLASS_NAMES
 from fdistill.eval.t2i import load_teacher
 from fdistill.eval.t2i.generators import generate as generate_t2i
 from fdistill.export.pipeline import OneStepPipeline, export_student
-from fdistill.export.stable_diffusion import export_sd_student
 from fdistill.metrics import inception as incmod
 from fdistill.metrics.diversity import intra_class_diversity, mean_pairwise_distance
-from fdistill.nets.generator import OneStepGenerator
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
 
@@ -140,12 +138,8 @@ def _tiny_t2i(root) -> T2IOptions:
     save_tiny_latent_teacher(root / "teacher", seed=1, max_length=16)
     (root / "teacher" / "prompts.txt").write_text("\n".join(prompts) + "\n")
     teacher = load_teacher(root / "teacher")
-    net = teacher.make_network()
     g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    export_sd_student(OneStepGenerator(net, teacher.sigma_at(399), "vp"), teacher, root / "student")
+    export_perturbed_student(teacher, root / "student", 399, generator=g)  # g then draws the real images
     save_tiny_clip_model(root / "clip", image_size=16)
     (root / "real").mkdir()
     for i in range(6):

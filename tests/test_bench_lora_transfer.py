@@ -16,7 +16,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fixtures import save_tiny_clip_model, save_tiny_latent_teacher  # noqa: E402
+from fixtures import export_perturbed_student, save_tiny_clip_model, save_tiny_latent_teacher  # noqa: E402
 
 from fdistill.bench import BENCHES  # noqa: E402
 from fdistill.bench import main as bench_main  # noqa: E402
@@ -31,8 +31,6 @@ from fdistill.bench.lora_transfer_rows import (  # noqa: E402
 from fdistill.bench.lora_transfer_train import category_mask, fit_lora, save_lora  # noqa: E402
 from fdistill.data.emoji import IMAGE_DIR, load_emoji  # noqa: E402
 from fdistill.eval.t2i.generators import generate, load_teacher  # noqa: E402
-from fdistill.export.stable_diffusion import export_sd_student  # noqa: E402
-from fdistill.nets.generator import OneStepGenerator  # noqa: E402
 
 NAMES = [
     ("JAPAN FLAG", "Flags"),
@@ -71,12 +69,7 @@ def pair(tmp_path_factory):
     captions = load_emoji(pkg, size=16).prompts
     (teacher_dir / "prompts.txt").write_text("".join(c + "\n" for c in captions))
     teacher = load_teacher(teacher_dir)
-    net = teacher.make_network()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    student_dir = export_sd_student(OneStepGenerator(net, teacher.sigma_at(999), "vp"), teacher, root / "student")
+    student_dir = export_perturbed_student(teacher, root / "student", 999)
     clip = save_tiny_clip_model(root / "clip", image_size=16)
     return SimpleNamespace(root=root, pkg=pkg, teacher=teacher_dir, student=student_dir, clip=clip)
 

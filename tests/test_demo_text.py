@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("gradio")
 
-from fixtures import save_tiny_latent_teacher  # noqa: E402
+from fixtures import export_perturbed_student, save_tiny_latent_teacher  # noqa: E402
 
 from fdistill.apps.demo import (  # noqa: E402
     NUM_EXAMPLES,
@@ -33,8 +33,7 @@ from fdistill.apps.demo import (  # noqa: E402
     info_markdown,
     main,
 )
-from fdistill.export.stable_diffusion import export_sd_student, one_step_kwargs  # noqa: E402
-from fdistill.nets.generator import OneStepGenerator  # noqa: E402
+from fdistill.export.stable_diffusion import one_step_kwargs  # noqa: E402
 from fdistill.teachers.latent import load_latent_teacher  # noqa: E402
 
 PROMPTS = [f"{c} {thing}" for c in ("red", "blue") for thing in ("ball", "cat", "car", "sun", "hat", "cup")]
@@ -46,16 +45,6 @@ def _load(folder: Path, prompts_file: Path):
     return load_latent_teacher(cfg)
 
 
-def _export_student(teacher, folder: Path, t_init: int = 399, card: dict | None = None) -> Path:
-    """A generator that differs from the teacher (as after training), exported as a stock SD folder."""
-    net = teacher.make_network()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return export_sd_student(OneStepGenerator(net, teacher.sigma_at(t_init), "vp"), teacher, folder, card=card)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo_text")
@@ -63,7 +52,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
     save_tiny_latent_teacher(root / "teacher", seed=1)
     teacher = _load(root / "teacher", root / "prompts.txt")
     card = {"method": "dmd", "teacher": f"latent:{root / 'teacher'}"}  # as the trainer records it
-    return _export_student(teacher, root / "student", card=card), root / "teacher"
+    return export_perturbed_student(teacher, root / "student", card=card), root / "teacher"
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ Writes ``table.md`` and ``results.json`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ from fdistill.bench.diversity_gmm import load_student, mixture_rows, mixture_tea
 from fdistill.bench.diversity_images import ImageOptions, image_rows
 from fdistill.bench.diversity_t2i import T2IOptions, t2i_rows, t2i_table
 from fdistill.bench.gmm import MIXTURES
+from fdistill.bench.outputs import write_report
 from fdistill.eval.fid_eval import fmt_value
 
 #: the students trained in-process on a mixture: (name, train.student_steps)
@@ -219,9 +219,6 @@ def main(argv: list[str]) -> int:
         print(f"fdistill bench diversity: {e}", file=sys.stderr)
         return 2
     table = {"fmnist": image_table, "emoji": t2i_table}.get(args.data, mixture_table)
-    text = table(result)
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(text)
+    write_report(out, table(result), result)
     print(f"wrote {out / 'table.md'} and {out / 'results.json'}")
     return 0

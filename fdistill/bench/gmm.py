@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from fdistill.bench.outputs import write_report
 from fdistill.config import load_config
 from fdistill.metrics.plots import scatter_panel
 from fdistill.teachers import build_teacher
@@ -208,10 +209,7 @@ def main(argv: list[str]) -> int:
                 ),
                 flush=True,
             )
-    text = table(results)
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({" | ".join(k): v for k, v in results.items()}, indent=1))
-    print(text)
+    write_report(out, table(results), {" | ".join(k): v for k, v in results.items()})
     _grid(out, [j for j in jobs if j[2] == "engine" and j[3] == seeds[0]])
     print(f"wrote {out / 'table.md'}, {out / 'results.json'} and {out / 'grid.png'}")
     return 0

@@ -27,7 +27,6 @@ the adapter ``lora/pytorch_lora_weights.safetensors`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -43,6 +42,7 @@ from fdistill.bench.lora_transfer_rows import (
     teacher_generator,
 )
 from fdistill.bench.lora_transfer_train import category_mask, fit_lora, save_lora
+from fdistill.bench.outputs import write_report
 from fdistill.data.emoji import load_emoji
 from fdistill.eval.t2i.base import EvalT2ISetupError
 from fdistill.eval.t2i.generators import generate, load_teacher
@@ -238,9 +238,6 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, EvalT2ISetupError, CheckpointLoadError) as e:
         print(f"fdistill bench lora-transfer: {e}", file=sys.stderr)
         return 2
-    text = table(result)
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(text)
+    write_report(out, table(result), result)
     print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'grid.png'} and {result['lora']}")
     return 0
