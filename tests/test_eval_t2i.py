@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fixtures import save_tiny_clip_model, save_tiny_latent_teacher
+from fixtures import export_perturbed_student, save_tiny_clip_model, save_tiny_latent_teacher
 from PIL import Image
 
 from fdistill.eval.t2i import (
@@ -25,8 +25,6 @@ from fdistill.eval.t2i import (
     select_prompts,
     teacher_generators,
 )
-from fdistill.export.stable_diffusion import export_sd_student
-from fdistill.nets.generator import OneStepGenerator
 from fdistill.rewards import PreferenceReward
 from fdistill.teachers.latent import load_latent_teacher
 
@@ -44,12 +42,7 @@ def folders(tmp_path_factory) -> SimpleNamespace:
         path=str(root / "teacher"), subfolder=None, dtype="float32", prompts_file=str(root / "teacher/prompts.txt")
     )
     teacher = load_latent_teacher(cfg)
-    net = teacher.make_network()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    export_sd_student(OneStepGenerator(net, teacher.sigma_at(399), "vp"), teacher, root / "run" / "student")
+    export_perturbed_student(teacher, root / "run" / "student", 399)
     save_tiny_clip_model(root / "clip", image_size=IMAGE[-1])
     real = root / "real"
     real.mkdir()
@@ -262,6 +255,16 @@ def test_bad_arguments_are_one_line_and_exit_2(folders, capsys, change, message)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("fdistill eval-t2i: error:") and message in err, err
+
+
+def test_splits_are_checked_against_the_prompts_the_table_holds(folders, capsys):
+    """--num-prompts 20 passes the early check at --splits 6, but the table holds 10 prompts: 10 // 6 < 2 is a
+    one-line error after the teacher (and its prompt table) loaded, exit 2."""
+    argv = _base_args(folders, "--real", "none", "--splits", "6")
+    argv[argv.index("--num-prompts") + 1] = "20"
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "fdistill eval-t2i: error: --splits 6 of the table's 10 prompts: sets of >= 2 prompts"
 
 
 def test_help_and_cli_registration(capsys):

@@ -92,12 +92,12 @@ class SiD(Method):
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
         x0, d_p, d_q, keep, logit = frozen_denoisers(b, with_logit=self.needs_discriminator)
-        diff = d_p - d_q
-        loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / sid_weight(x0, d_p, self.cfg.normalize))
+        diff, wf = d_p - d_q, sid_weight(x0, d_p, self.cfg.normalize)
+        loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / wf)
         logs = {"dropped": (~keep).sum().float()}
         if logit is not None:
             gan = F.softplus(-logit)
-            numel_over_wf = x0[0].numel() / sid_weight(x0, d_p, self.cfg.normalize).flatten(1)[:, 0]
+            numel_over_wf = x0[0].numel() / wf.flatten(1)[:, 0]
             loss = loss + self.cfg.gan_weight * numel_over_wf * gan
             logs["gan_loss"] = kept_mean(gan.detach(), keep)
         return MethodOutput(torch.where(keep, loss, 0.0), logs)

@@ -206,6 +206,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     teacher = load_teacher(args.teacher, args.prompts, device)
     table = teacher.prompts
     prompts = [table[i] for i in select_prompts(table, args.num_prompts)]
+    if args.splits > 1 and len(prompts) // args.splits < 2:  # the table may hold fewer than --num-prompts
+        raise EvalT2ISetupError(f"--splits {args.splits} of the table's {len(prompts)} prompts: sets of >= 2 prompts")
     gens = [] if args.skip_teacher else teacher_generators(teacher, args.teacher_nfe, args.cfg, device)
     for name, path in specs:
         gens.append(load_student_generator(path, device, name, teacher.sample_shape))
@@ -233,7 +235,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         seed=args.seed,
         device=device,
         grid=args.grid,
-        splits=min(args.splits, len(prompts)),
+        splits=args.splits,
         clip_metric=clip_metric,
     )
     evals = {heun_evaluations(n) for n in args.teacher_nfe}

@@ -185,6 +185,7 @@ def evaluate_t2i(
     if splits < 1 or (splits > 1 and len(prompts) // splits < 2):
         raise ValueError(f"{splits} splits of {len(prompts)} prompts: need 1 (none) or sets of >= 2 prompts")
     parts = split_indices(len(prompts), splits) if splits > 1 else []
+    size = len(prompts) // splits
     pool, targets = _targets(prompts, rank_pool)
     t_start = time.perf_counter()
     pool_feats = reward_text_features(reward, pool)
@@ -206,7 +207,6 @@ def evaluate_t2i(
         images, seconds = generate(gen, prompts, batch_size, seed, device)
         feats = reward_image_features(reward, images, batch_size)
         row = _row(gen, reward, feats, (pool_feats, own_text, targets), seconds)
-        size = len(prompts) // max(splits, 1)
         if parts:
             cos = (feats * own_text).sum(-1).double()
             row["match_split"] = spread([float(reward.scale * cos[i].mean()) for i in parts], size)
@@ -239,7 +239,7 @@ def evaluate_t2i(
         "rows": rows,
         "verdicts": verdicts(rows),
         "splits": splits,
-        "split_size": len(prompts) // splits,
+        "split_size": size,
         "num_prompts": len(prompts),
         "prompts": prompts,
         "rank_pool_size": len(pool),
