@@ -200,3 +200,39 @@ def test_cfg_c9_equal_variance_gaussians():
         torch.testing.assert_close(
             t.denoise(x, sigma, cond, guidance=w), (s**2 * x + s2 * mu_w) / (s**2 + s2), rtol=1e-12, atol=1e-12
         )
+
+
+def test_the_mixture_generator_is_a_plain_mlp_without_the_denoiser_skip_path():
+    """No teacher weights to copy: the generator predicts x0 with no ``c_skip x`` term (docs/math.md §5.1), starts
+    as a small blob at the origin, and still reads the level (K-step students call it at every level)."""
+    from fdistill.nets.mlp import MLPDenoiser, MLPGenerator
+
+    teacher = GaussianMixtureTeacher(MEANS, STDS, WEIGHTS, hidden=16, depth=3)
+    torch.manual_seed(0)
+    gen_net, fake_net = teacher.make_generator_network(), teacher.make_network()
+    assert isinstance(gen_net, MLPGenerator) and isinstance(fake_net, MLPDenoiser)
+    x, sigma = 4.0 * torch.randn(256, 2), torch.full((256,), 4.0)
+    # the old generator (a denoiser) passes c_skip x through; the plain MLP's output does not grow with x that way
+    with torch.no_grad():
+        for m in (gen_net.out[1], fake_net.out[1]):
+            m.weight.zero_()
+            m.bias.zero_()
+        assert torch.count_nonzero(gen_net(x, sigma)) == 0
+        c_skip = teacher.sigma_data**2 / (16.0 + teacher.sigma_data**2)
+        assert torch.allclose(fake_net(x, sigma), c_skip * x)
+    fresh = teacher.make_generator_network()
+    with torch.no_grad():
+        blob = fresh(4.0 * torch.randn(1024, 2), torch.full((1024,), 4.0))
+        other_level = fresh(4.0 * torch.randn(1024, 2), torch.full((1024,), 0.3))
+    assert blob.std() < 0.2 * teacher.sigma_data  # a small start, not the noise passed through
+    assert not torch.allclose(blob.mean(0), other_level.mean(0), atol=1e-6)  # the level is an input
+
+
+def test_image_teachers_keep_the_teacher_copy_as_generator():
+    """Every other teacher kind: the generator's network is :meth:`make_network` (the teacher's weights)."""
+    assert Teacher.make_generator_network is not GaussianMixtureTeacher.make_generator_network
+    from fdistill.teachers.diffusers import UNetTeacher
+    from fdistill.teachers.latent import LatentTeacher
+
+    for kind in (UNetTeacher, LatentTeacher):
+        assert kind.make_generator_network is Teacher.make_generator_network

@@ -72,6 +72,11 @@ class Teacher(nn.Module):
         where it has weights. The generator and the fake score are both built from this."""
         raise NotImplementedError
 
+    def make_generator_network(self) -> nn.Module:
+        """The generator's network: :meth:`make_network` (the student starts as the teacher's denoiser), unless the
+        teacher has no weights to start from (the analytic mixture: a plain MLP generator, docs/math.md §5.1)."""
+        return self.make_network()
+
     def sample_labels(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"):
         if self.num_classes == 0:
             return None

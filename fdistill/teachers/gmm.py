@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fdistill.core.noise import append_dims
-from fdistill.nets.mlp import MLPDenoiser
+from fdistill.nets.mlp import MLPDenoiser, MLPGenerator
 from fdistill.teachers.base import Teacher
 
 
@@ -87,6 +87,10 @@ class GaussianMixtureTeacher(Teacher):
 
     def make_network(self) -> MLPDenoiser:
         return MLPDenoiser(self.sample_shape[0], self._hidden, self._depth, self.num_classes, self.sigma_data)
+
+    def make_generator_network(self) -> MLPGenerator:
+        """No teacher weights to copy, so no denoiser skip path: a plain MLP of the (scaled) noise."""
+        return MLPGenerator(self.sample_shape[0], self._hidden, self._depth, self.num_classes, self.sigma_data)
 
     @torch.no_grad()
     def sample_data(
