@@ -252,6 +252,30 @@ def test_sample_command_hybrid(tiny_pair, tmp_path, capsys):
     assert "NFE 1" in capsys.readouterr().out
 
 
+def test_sample_beside_teacher_is_a_labelled_card_grid(tiny_pair, tmp_path, capsys):
+    """``--beside-teacher``: the teacher's block (its NFE) above the student's (its K), same seed and labels."""
+    from PIL import Image
+
+    from fdistill.metrics.plots import image_grid, label_strip_width
+
+    out = tmp_path / "card.png"
+    argv = ["sample", str(tiny_pair / "k2"), "--beside-teacher", str(tiny_pair / "teacher"), "--nfe", "7",
+            "--num", "3", "--seed", "4", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "teacher, NFE 7 above student, NFE 2" in capsys.readouterr().out
+    pipe = OneStepPipeline.from_pretrained(tiny_pair / "k2")
+    teacher = UNetTeacher.from_pretrained(tiny_pair / "teacher")
+    rows = [hybrid_sample(pipe, teacher, 3, n, nfe=7, seed=4).images for n in (4, 0)]
+    labels = ["teacher, NFE 7", "student, NFE 2"]
+    assert torch.equal(rows[1], pipe(batch_size=3, seed=4, output_type="pt").images)  # the student's own samples
+    expected = image_grid(rows, labels=labels)
+    got = Image.open(out)
+    assert got.size == expected.size and got.width > label_strip_width(labels)
+    assert got.tobytes() == expected.convert(got.mode).tobytes()
+    bad = ["sample", str(tiny_pair / "teacher"), "--beside-teacher", str(tiny_pair / "teacher")]
+    assert main(bad) == 2
+
+
 def test_dt_vis_writes_grid_of_the_right_shape(tiny_pair, tmp_path, capsys):
     out = tmp_path / "grid.png"
     argv = ["dt-vis", "--teacher", str(tiny_pair / "teacher"), "--student", str(tiny_pair / "k2"), "--hybrid-steps",

@@ -51,6 +51,7 @@ from fdistill.export.pipeline import OneStepPipeline
 from fdistill.metrics.plots import image_grid
 from fdistill.nets.unet import EDMUNet
 from fdistill.teachers.diffusers import UNetTeacher
+from fdistill.train.run_eval import grid_labels
 
 #: ``callback(who, index, sigma, x0)``: ``who`` is "teacher" (its i-th Heun step), "handover" (the teacher's x0
 #: prediction handed to the student, index N) or "student" (level index j..K-1 of the student's schedule)
@@ -268,6 +269,9 @@ def main(argv: list[str]) -> int:
                    help="student steps, 1..K (default: K, all the steps it was trained for)")  # fmt: skip
     p.add_argument("--teacher", default=None, help="teacher folder for --hybrid-steps (default: none)")
     p.add_argument("--hybrid-steps", type=int, default=None, metavar="N", help=HYBRID_HELP)
+    p.add_argument("--beside-teacher", default=None, metavar="TEACHER",
+                   help="one grid of TEACHER's samples at --nfe above the student's, same seed and labels, each block "
+                        "labelled with its NFE (a model card's samples.png; default: off)")  # fmt: skip
     p.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
     args = p.parse_args(argv)
     src = Path(args.source)
@@ -279,7 +283,22 @@ def main(argv: list[str]) -> int:
         print("fdistill sample: --teacher and --hybrid-steps go together, with a student folder as SOURCE",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.beside_teacher is not None and (not is_student or args.teacher is not None):
+        print("fdistill sample: --beside-teacher takes a student folder as SOURCE and no --teacher/--hybrid-steps",
+              file=sys.stderr)  # fmt: skip
+        return 2
     t0 = time.perf_counter()
+    if args.beside_teacher is not None:
+        try:
+            rows, labels = _beside_teacher(src, args)
+        except ValueError as e:
+            print(f"fdistill sample: {e}", file=sys.stderr)
+            return 2
+        image_grid(rows, labels=labels).save(args.out)
+        print(
+            f"wrote {args.out}: {' above '.join(labels)}, {args.num} images each, in {time.perf_counter() - t0:.1f} s"
+        )
+        return 0
     try:
         if is_student:
             images, what = _sample_student(src, args)
@@ -314,6 +333,17 @@ def _sample_student(src: Path, args) -> tuple[Tensor, str]:
     images = pipe(batch_size=args.num, class_labels=labels, seed=args.seed, output_type="pt",
                   num_inference_steps=args.student_steps).images  # fmt: skip
     return images, f"student, NFE {args.student_steps or pipe.num_steps}"
+
+
+def _beside_teacher(src: Path, args) -> tuple[list[Tensor], list[str]]:
+    """The teacher's samples (its full Heun schedule at ``--nfe``) and the student's, from the same seed: the same
+    labels and the same starting noise ``z``, labelled as a run's ``samples.png`` is."""
+    pipe = LatentStudent.from_folder(src) if is_latent_student(src) else OneStepPipeline.from_pretrained(src)
+    pipe, teacher = _load(pipe, args.beside_teacher)
+    labels = _labels(args.classes, args.num, label_names(pipe, teacher))
+    both = [hybrid_sample(pipe, teacher, args.num, n, nfe=args.nfe, class_labels=labels, seed=args.seed,
+                          guidance=args.guidance).images for n in (heun_steps_for_nfe(args.nfe), 0)]  # fmt: skip
+    return both, grid_labels(args.nfe, pipe.num_steps)
 
 
 def _sample_teacher(src: Path, args) -> tuple[Tensor, str]:
