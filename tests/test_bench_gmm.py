@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fdistill.bench.gmm import main, table
+from fdistill.bench.gmm import VARIANTS, budget_overrides, main, table
 
 
 def test_bench_runs_seeds_and_reuses_finished_runs(tmp_path):
@@ -27,3 +27,15 @@ def test_table_judges_ring8w_targets_on_the_median():
     assert "0.020 [0.010, 0.900]" in text and "0.025, 0.010: met" in text
     text = table({("ring8w", "di", "engine"): runs[1:]})
     assert "MISSED" in text
+
+
+def test_ring8w_gives_the_sid_family_the_loops_sid_rate():
+    """The independent loop runs its SiD at lr 5e-4 (its 1e-3 diverges at alpha 1.2): on ring8w every method that
+    back-propagates through the networks gets that rate, the others the budget's 1e-3; other mixtures are untouched."""
+    rates = {}
+    for name, overrides in VARIANTS:
+        found = [o for o in budget_overrides("ring8w", overrides) if o.startswith("train.lr_generator=")]
+        rates[name] = found[-1].split("=")[1]
+        assert not any(o.startswith("train.lr_generator=") for o in budget_overrides("gmm8", overrides))
+    assert {rates[n] for n in ("sid a=1.0", "sim huber", "uni kl", "uni js", "di_star rev=0.05")} == {"5e-4"}
+    assert {rates[n] for n in ("di", "dmd", "fdistill js", "fdistill rkl")} == {"1e-3"}

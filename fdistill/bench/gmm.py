@@ -3,11 +3,11 @@
 Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal weights); ``far2`` (two modes
 far apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode);
 ``ring8w`` (8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the
-independent reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3,
-Adam beta1 0, EMA 0.999, 20,000 evaluation samples). Every run uses the method's own recipe
-(fdistill/methods/recipes.py) for everything the budget does not fix. ``--reference-loop PATH`` also runs an
-independent minimal loop (e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same seeds, so both sides
-share one machine load.
+independent reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3, Adam
+beta1 0, EMA 0.999, 20,000 evaluation samples; the SiD family at the loop's SiD rate 5e-4). Every run uses the
+method's own recipe (fdistill/methods/recipes.py) for everything the budget does not fix. ``--reference-loop
+PATH`` also runs an independent minimal loop (e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same
+seeds, so both sides share one machine load.
 Finished runs are reused on a rerun (``--rerun`` starts them again).
 """
 
@@ -43,6 +43,18 @@ RING8W = [
     "train.ema_decay=0.999", "train.num_eval_samples=20000", "train.log_every=500", "train.adam_beta1=0",
 ]  # fmt: skip
 MIXTURES = {"gmm8": [], "far2": FAR2, "ring8w": RING8W}
+#: the independent loop's generator rate for the losses that back-propagate through the networks (its SiD default,
+#: "1e-3 diverges at alpha 1.2"), given on ring8w to the SiD family: sid, sim, uni_instruct, di_star
+RING8W_SID_FAMILY = ("sid", "sim", "uni_instruct", "di_star")
+RING8W_SID_RATE = ["train.lr_generator=5e-4"]
+
+
+def budget_overrides(mixture: str, overrides: list[str]) -> list[str]:
+    """The mixture's budget for one variant: ``MIXTURES[mixture]``, plus the SiD family's rate on ring8w."""
+    method = next((o.split("=", 1)[1] for o in overrides if o.startswith("method.name=")), "")
+    sid_family = mixture == "ring8w" and method in RING8W_SID_FAMILY
+    return [*MIXTURES[mixture], *(RING8W_SID_RATE if sid_family else [])]
+
 
 VARIANTS: list[tuple[str, list[str]]] = [
     ("di", ["method.name=di"]),
@@ -76,7 +88,7 @@ def run_one(mixture: str, overrides: list[str], steps: int | None, out: Path, se
     out.mkdir(parents=True, exist_ok=True)
     sys.stderr = open(out / "train.log", "w")  # noqa: SIM115  (worker process: its bar and logs, not interleaved)
     budget = [] if steps is None else [f"train.steps={steps}"]
-    cfg = load_config("configs/gmm8.yaml", [*MIXTURES[mixture], *overrides, *budget, f"seed={seed}",
+    cfg = load_config("configs/gmm8.yaml", [*budget_overrides(mixture, overrides), *overrides, *budget, f"seed={seed}",
                                             f"output_dir={out}", "train.checkpoint_every=1000000"])  # fmt: skip
     t0 = time.perf_counter()
     d = Distiller(cfg)
