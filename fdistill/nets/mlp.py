@@ -4,7 +4,7 @@
 fake score and the discriminator's feature extractor of the analytic teachers, as image runs use a copy of the
 teacher's UNet.
 
-``MLPGenerator``: ``x0 = F(c_in x, c_noise, label)``, a plain MLP without the skip path, the generator of a teacher
+``MLPGenerator``: ``x0 = F(x / sigma, c_noise, label)``, a plain MLP without the skip path, the generator of a teacher
 that has no network to copy (docs/math.md §5.1). The one-step generator is then a plain MLP of the unit noise z,
 as in the 2-D experiments of Diff-Instruct, DMD and the independent reference loop.
 """
@@ -85,11 +85,10 @@ class MLPGenerator(nn.Module):
     """
 
     def __init__(
-        self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int = 0, sigma_data: float = 0.5,
-        init_scale: float = 0.1,
-    ) -> None:  # fmt: skip
+        self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int = 0, init_scale: float = 0.1
+    ) -> None:
         super().__init__()
-        self.dim, self.hidden, self.num_classes, self.sigma_data = dim, hidden, num_classes, sigma_data
+        self.dim, self.hidden, self.num_classes = dim, hidden, num_classes
         self.label = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         self.inp = nn.Linear(dim + 1, hidden)
         self.layers = nn.Sequential(

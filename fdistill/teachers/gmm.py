@@ -90,7 +90,7 @@ class GaussianMixtureTeacher(Teacher):
 
     def make_generator_network(self) -> MLPGenerator:
         """No teacher weights to copy, so no denoiser skip path: a plain MLP of the (scaled) noise."""
-        return MLPGenerator(self.sample_shape[0], self._hidden, self._depth, self.num_classes, self.sigma_data)
+        return MLPGenerator(self.sample_shape[0], self._hidden, self._depth, self.num_classes)
 
     @torch.no_grad()
     def sample_data(
