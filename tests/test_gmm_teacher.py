@@ -202,12 +202,15 @@ def test_cfg_c9_equal_variance_gaussians():
         )
 
 
-def test_the_mixture_generator_is_a_plain_mlp_without_the_denoiser_skip_path():
-    """No teacher weights to copy: the generator predicts x0 with no ``c_skip x`` term (docs/math.md §5.1), starts
-    as a small blob at the origin, and still reads the level (K-step students call it at every level)."""
+def test_the_mlp_generator_has_no_denoiser_skip_path():
+    """``network.generator=mlp``: the generator predicts x0 with no ``c_skip x`` term (docs/math.md §5.1), starts as
+    a small blob at the origin, and still reads the level (K-step students call it at every level)."""
     from fdistill.nets.mlp import MLPDenoiser, MLPGenerator
 
-    teacher = GaussianMixtureTeacher(MEANS, STDS, WEIGHTS, hidden=16, depth=3)
+    teacher = GaussianMixtureTeacher(MEANS, STDS, WEIGHTS, hidden=16, depth=3, generator="mlp")
+    assert isinstance(GaussianMixtureTeacher(MEANS, STDS, WEIGHTS).make_generator_network(), MLPDenoiser)  # default
+    with pytest.raises(ValueError, match="generator"):
+        GaussianMixtureTeacher(MEANS, STDS, WEIGHTS, generator="unet")
     torch.manual_seed(0)
     gen_net, fake_net = teacher.make_generator_network(), teacher.make_network()
     assert isinstance(gen_net, MLPGenerator) and isinstance(fake_net, MLPDenoiser)
@@ -221,6 +224,11 @@ def test_the_mixture_generator_is_a_plain_mlp_without_the_denoiser_skip_path():
         c_skip = teacher.sigma_data**2 / (16.0 + teacher.sigma_data**2)
         assert torch.allclose(fake_net(x, sigma), c_skip * x)
     fresh = teacher.make_generator_network()
+    from fdistill.config import load_config
+    from fdistill.teachers import build_teacher
+
+    ring = build_teacher(load_config("configs/gmm8.yaml", ["network.generator=mlp"]))
+    assert isinstance(ring.make_generator_network(), MLPGenerator)
     with torch.no_grad():
         blob = fresh(4.0 * torch.randn(1024, 2), torch.full((1024,), 4.0))
         other_level = fresh(4.0 * torch.randn(1024, 2), torch.full((1024,), 0.3))

@@ -1,13 +1,13 @@
 """Every method on three analytic mixtures, over seeds, one table (median and spread) and one PNG grid.
 
-Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal weights); ``far2`` (two modes
-far apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode);
-``ring8w`` (8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the
-independent reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3, Adam
-beta1 0, EMA 0.999, 20,000 evaluation samples; SiD, SIM and DI* at the loop's SiD rate 5e-4). Every run uses the
-method's own recipe (fdistill/methods/recipes.py) for everything the budget does not fix. ``--reference-loop
-PATH`` also runs an independent minimal loop (e.g. the ``gmm_ref.py`` yardstick) on ``ring8w`` with the same
-seeds, so both sides share one machine load.
+Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal weights); ``far2`` (two modes far
+apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode); ``ring8w``
+(8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the independent
+reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3, Adam beta1 0, EMA
+0.999, 20,000 evaluation samples; the loop's plain MLP generator, ``network.generator=mlp``; SiD, SIM and DI* at
+the loop's SiD rate 5e-4). Every run uses the method's own recipe (fdistill/methods/recipes.py) for everything the
+budget does not fix. ``--reference-loop PATH`` also runs an independent minimal loop (e.g. the ``gmm_ref.py``
+yardstick) on ``ring8w`` with the same seeds, so both sides share one machine load.
 Finished runs are reused on a rerun (``--rerun`` starts them again).
 """
 
@@ -38,7 +38,8 @@ RING8W = [
     "[2.828427,-2.828427]]",
     "teacher.stds=[0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3]",
     "teacher.weights=[1,2,3,4,5,6,7,8]",
-    "network.hidden=128", "network.depth=4", "train.batch_size=512", "train.fake_warmup_steps=500",
+    "network.hidden=128", "network.depth=4", "network.generator=mlp", "train.batch_size=512",
+    "train.fake_warmup_steps=500",
     "train.steps=8500", "train.lr_generator=1e-3", "train.lr_fake=1e-3", "train.lr_disc=1e-3",
     "train.ema_decay=0.999", "train.num_eval_samples=20000", "train.log_every=500", "train.adam_beta1=0",
 ]  # fmt: skip

@@ -70,6 +70,8 @@ class NetworkConfig:
     hidden: int = opt(256, "gmm: MLP width of the generator / fake score")
     depth: int = opt(4, "gmm: MLP depth")
     sigma_data: float | None = opt(None, "EDM preconditioning sigma_data; null takes the teacher's data std")
+    generator: str = opt("denoiser", "gmm: the generator's network, 'denoiser' (the fake score's EDM MLP, called at "
+                         "sigma_init) or 'mlp' (a plain MLP of z, docs/math.md §5.1)")  # fmt: skip
 
 
 @dataclass
@@ -167,6 +169,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.disc_features": ("fake", "teacher"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.generator_input": ("ve", "vp"),
+    "network.generator": ("denoiser", "mlp"),
     "reward.kind": ("none", "gmm_component", "classifier", "clip", "preference"),
     "reward.dtype": ("float32", "bfloat16", "float16"),
 }

@@ -1,12 +1,13 @@
 """Networks for low-dimensional (vector) data: the EDM-preconditioned MLP denoiser and the plain MLP generator.
 
 ``MLPDenoiser``: ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise, label)`` (Karras et al. 2022, Table 1), the
-fake score and the discriminator's feature extractor of the analytic teachers, as image runs use a copy of the
-teacher's UNet.
+fake score, the discriminator's feature extractor and (by default) the generator of the analytic teachers, as image
+runs use a copy of the teacher's UNet.
 
-``MLPGenerator``: ``x0 = F(x / sigma, c_noise, label)``, a plain MLP without the skip path, the generator of a teacher
-that has no network to copy (docs/math.md §5.1). The one-step generator is then a plain MLP of the unit noise z,
-as in the 2-D experiments of Diff-Instruct, DMD and the independent reference loop.
+``MLPGenerator``: ``x0 = F(x / sigma, c_noise, label)``, a plain MLP without the skip path, the generator of a
+teacher that has no network to copy when ``network.generator=mlp`` (docs/math.md §5.1). The one-step generator is
+then a plain MLP of the unit noise z, as in the 2-D experiments of Diff-Instruct, DMD and the independent reference
+loop.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class MLPGenerator(nn.Module):
     With nothing to inherit from a teacher, the EDM skip path ``c_skip x`` only hard-codes a Gaussian blob of z into
     every sample (``c_skip sigma_init z``), which the network must then undo to make separated modes; on the
     ``ring8w`` mixture that generator dropped one or two of the eight modes on 4 of 10 seeds, where this one covers
-    them (bench/results/gmm_ring8w_generator_cpu.md). The input is in units of its level's noise, so the first level
+    them; on ``gmm8`` at 1,000 steps it is worse for several methods, so it is an option, not the default
+    (bench/results/gmm_ring8w_generator_cpu.md). The input is in units of its level's noise, so the first level
     of a student (``x = sigma_init z``) reads z itself; the level enters as the scalar ``c_noise = ln(sigma) / 4``
     (K-step students and hybrid sampling call the network on other levels). The last layer starts at a tenth of
     its default scale with zero bias, so the first samples are a small blob near the origin. One hidden layer fewer

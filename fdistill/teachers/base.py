@@ -73,8 +73,9 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
     def make_generator_network(self) -> nn.Module:
-        """The generator's network: :meth:`make_network` (the student starts as the teacher's denoiser), unless the
-        teacher has no weights to start from (the analytic mixture: a plain MLP generator, docs/math.md §5.1)."""
+        """The generator's network: :meth:`make_network` (the student starts as the teacher's denoiser); the analytic
+        mixture, which has no weights to start from, can take a plain MLP instead (``network.generator=mlp``,
+        docs/math.md §5.1)."""
         return self.make_network()
 
     def sample_labels(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"):

@@ -28,8 +28,12 @@ class GaussianMixtureTeacher(Teacher):
         conditional: bool = False,
         hidden: int = 256,
         depth: int = 4,
+        generator: str = "denoiser",
     ) -> None:
         super().__init__()
+        if generator not in ("denoiser", "mlp"):
+            raise ValueError(f"generator={generator!r}; accepted: denoiser, mlp")
+        self._generator = generator
         mu = torch.as_tensor(means, dtype=torch.float32)
         k, d = mu.shape
         std = torch.as_tensor(stds if stds is not None else [0.1] * k, dtype=torch.float32)
@@ -88,8 +92,10 @@ class GaussianMixtureTeacher(Teacher):
     def make_network(self) -> MLPDenoiser:
         return MLPDenoiser(self.sample_shape[0], self._hidden, self._depth, self.num_classes, self.sigma_data)
 
-    def make_generator_network(self) -> MLPGenerator:
-        """No teacher weights to copy, so no denoiser skip path: a plain MLP of the (scaled) noise."""
+    def make_generator_network(self) -> MLPDenoiser | MLPGenerator:
+        """``network.generator``: the denoiser MLP (called at sigma_init) or a plain MLP of the noise (no skip path)."""
+        if self._generator == "denoiser":
+            return self.make_network()
         return MLPGenerator(self.sample_shape[0], self._hidden, self._depth, self.num_classes)
 
     @torch.no_grad()
@@ -121,4 +127,4 @@ def gaussian_mixture_from_config(t, network) -> GaussianMixtureTeacher:
     means = [[float(v) for v in m] for m in t.means]
     stds = [float(s) for s in t.stds] if t.stds is not None else None
     weights = [float(w) for w in t.weights] if t.weights is not None else None
-    return GaussianMixtureTeacher(means, stds, weights, t.conditional, network.hidden, network.depth)
+    return GaussianMixtureTeacher(means, stds, weights, t.conditional, network.hidden, network.depth, network.generator)
