@@ -95,11 +95,18 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
         ("method.divergence=kll", "registered"),
         ("teacher.stds=[0.1]", "teacher.stds must be a list of 2"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("network.generator=unet", "network.generator='unet' is not accepted"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         tiny(tmp_path, override)
+
+
+def test_the_plain_mlp_generator_is_refused_for_a_teacher_with_a_network():
+    """``network.generator=mlp`` is the analytic mixture's option; an image teacher's generator is its copy."""
+    with pytest.raises(ConfigError, match="network.generator=mlp is for teacher.kind=gmm; a unet teacher"):
+        load_config("configs/fmnist_fdistill_js.yaml", ["network.generator=mlp"])
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):

@@ -288,32 +288,29 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     t0 = time.perf_counter()
-    if args.beside_teacher is not None:
-        try:
-            rows, labels = _beside_teacher(src, args)
-        except ValueError as e:
-            print(f"fdistill sample: {e}", file=sys.stderr)
-            return 2
-        image_grid(rows, labels=labels).save(args.out)
-        print(
-            f"wrote {args.out}: {' above '.join(labels)}, {args.num} images each, in {time.perf_counter() - t0:.1f} s"
-        )
-        return 0
+    labels = None
     try:
-        if is_student:
-            images, what = _sample_student(src, args)
+        if args.beside_teacher is not None:
+            rows, labels = _beside_teacher(src, args)
+            what = f"{' above '.join(labels)}, {args.num} images each"
         else:
-            images, what = _sample_teacher(src, args)
+            images, what = (_sample_student if is_student else _sample_teacher)(src, args)
+            rows, what = [images], f"{args.num} images ({what})"
     except ValueError as e:
         print(f"fdistill sample: {e}", file=sys.stderr)
         return 2
-    image_grid([images]).save(args.out)
-    print(f"wrote {args.out}: {args.num} images ({what}) in {time.perf_counter() - t0:.1f} s")
+    image_grid(rows, labels=labels).save(args.out)
+    print(f"wrote {args.out}: {what} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
+def _load_student(src: Path) -> OneStepPipeline | LatentStudent:
+    """A student folder: an exported SD-style latent student or a pixel :class:`OneStepPipeline`."""
+    return LatentStudent.from_folder(src) if is_latent_student(src) else OneStepPipeline.from_pretrained(src)
+
+
 def _sample_student(src: Path, args) -> tuple[Tensor, str]:
-    pipe = LatentStudent.from_folder(src) if is_latent_student(src) else OneStepPipeline.from_pretrained(src)
+    pipe = _load_student(src)
     pipe, teacher = _load(pipe, None if args.hybrid_steps is None else args.teacher)
     labels = _labels(args.classes, args.num, label_names(pipe, teacher))
     if args.hybrid_steps is not None:
@@ -338,7 +335,7 @@ def _sample_student(src: Path, args) -> tuple[Tensor, str]:
 def _beside_teacher(src: Path, args) -> tuple[list[Tensor], list[str]]:
     """The teacher's samples (its full Heun schedule at ``--nfe``) and the student's, from the same seed: the same
     labels and the same starting noise ``z``, labelled as a run's ``samples.png`` is."""
-    pipe = LatentStudent.from_folder(src) if is_latent_student(src) else OneStepPipeline.from_pretrained(src)
+    pipe = _load_student(src)
     pipe, teacher = _load(pipe, args.beside_teacher)
     labels = _labels(args.classes, args.num, label_names(pipe, teacher))
     both = [hybrid_sample(pipe, teacher, args.num, n, nfe=args.nfe, class_labels=labels, seed=args.seed,

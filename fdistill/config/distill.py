@@ -30,6 +30,7 @@ from fdistill.core.noise import SigmaSampler
 from fdistill.data import DATASETS
 from fdistill.methods.recipes import DISC_WEIGHT, recipe_for
 from fdistill.nets.generator import check_student_sigmas
+from fdistill.teachers.gmm import GENERATOR_NETWORKS
 
 RECIPE = "null = the method's recipe"
 
@@ -169,7 +170,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.disc_features": ("fake", "teacher"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.generator_input": ("ve", "vp"),
-    "network.generator": ("denoiser", "mlp"),
+    "network.generator": GENERATOR_NETWORKS,
     "reward.kind": ("none", "gmm_component", "classifier", "clip", "preference"),
     "reward.dtype": ("float32", "bfloat16", "float16"),
 }
@@ -209,6 +210,9 @@ def _validate(cfg: Config) -> None:
     _validate_sigma(cfg.method)
     if cfg.teacher.kind == "gmm":
         _validate_gmm(cfg.teacher)
+    elif cfg.network.generator != "denoiser":
+        raise ConfigError(f"network.generator={cfg.network.generator} is for teacher.kind=gmm; a {cfg.teacher.kind} "
+                          "teacher's generator is a copy of its network")  # fmt: skip
 
 
 #: numeric keys and the interval they must lie in ("[0, inf)": finite and >= 0; "[0, inf]": inf allowed); null is

@@ -18,6 +18,9 @@ from fdistill.core.noise import append_dims
 from fdistill.nets.mlp import MLPDenoiser, MLPGenerator
 from fdistill.teachers.base import Teacher
 
+#: ``network.generator``: the denoiser MLP called at sigma_init, or the plain MLP generator (docs/math.md §5.1)
+GENERATOR_NETWORKS = ("denoiser", "mlp")
+
 
 class GaussianMixtureTeacher(Teacher):
     def __init__(
@@ -31,8 +34,8 @@ class GaussianMixtureTeacher(Teacher):
         generator: str = "denoiser",
     ) -> None:
         super().__init__()
-        if generator not in ("denoiser", "mlp"):
-            raise ValueError(f"generator={generator!r}; accepted: denoiser, mlp")
+        if generator not in GENERATOR_NETWORKS:
+            raise ValueError(f"generator={generator!r}; accepted: {', '.join(GENERATOR_NETWORKS)}")
         self._generator = generator
         mu = torch.as_tensor(means, dtype=torch.float32)
         k, d = mu.shape

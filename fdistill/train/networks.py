@@ -101,7 +101,7 @@ def student_sigmas(cfg: Config, teacher: Teacher) -> list[float]:
 
 def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
     """Generator and fake score are copies of the teacher's network (same code path for every teacher; the analytic
-    mixture's generator is a plain MLP: :meth:`~fdistill.teachers.base.Teacher.make_generator_network`)."""
+    mixture's can be a plain MLP instead: :meth:`~fdistill.teachers.base.Teacher.make_generator_network`)."""
     generator = OneStepGenerator(teacher.make_generator_network(), cfg.train.sigma_init, cfg.train.generator_input,
                                  student_sigmas(cfg, teacher))  # fmt: skip
     if cfg.train.init_generator:
