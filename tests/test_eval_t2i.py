@@ -282,3 +282,84 @@ def test_prompt_subset_is_even_and_repeated_teacher_rows_are_one(folders):
     teacher = load_teacher(folders.teacher)
     gens = teacher_generators(teacher, [3, 4, 5], [1.0, 1.0], "cpu")  # NFE 4 runs 3 evaluations, as NFE 3
     assert [(g.nfe, g.cfg) for g in gens] == [(3, 1.0), (5, 1.0)]
+
+
+def test_images_are_reduced_to_features_a_batch_at_a_time(folders, monkeypatch):
+    """evaluate_t2i keeps no batch of images once its features are taken (the 30k-prompt protocol fits in memory):
+    when batch k is made, every batch before k - 1 has been freed; the numbers equal those of the whole tensor."""
+    import weakref
+
+    import fdistill.eval.t2i.evaluate as evaluate_module
+    from fdistill.eval.t2i.generators import generate, generate_batches
+    from fdistill.metrics.fid import fid_from_features
+
+    reward = PreferenceReward.from_pretrained(str(folders.clip), PROMPTS)
+    alive_before_previous: list[int] = []
+
+    def watched(*args, **kwargs):
+        refs = []
+        for batch in generate_batches(*args, **kwargs):
+            alive_before_previous.append(sum(r() is not None for r in refs[:-1]))
+            refs.append(weakref.ref(batch[1]))
+            yield batch
+
+    monkeypatch.setattr(evaluate_module, "generate_batches", watched)
+
+    def noisy_sample(texts: list[str], seed: int) -> torch.Tensor:
+        return torch.rand(len(texts), *IMAGE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    gen = T2IGenerator("noisy", "student", 1, 1, None, list, noisy_sample)
+    real = torch.rand(7, *IMAGE, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    res = evaluate_t2i([gen], reward, PROMPTS, real_images=iter(real.split(3)), diversity_prompts=0, batch_size=2,
+                       warmup=False)  # fmt: skip
+    assert len(alive_before_previous) == 5 and alive_before_previous == [0] * 5
+    images, _ = generate(gen, PROMPTS, 2, 0, torch.device("cpu"))
+    (row,) = res["rows"]
+    expected_fd = fid_from_features(
+        evaluate_module.reward_image_features(reward, images, 2), evaluate_module.reward_image_features(reward, real, 2)
+    )
+    assert row["fd_caption_match"] == pytest.approx(expected_fd, rel=1e-5) and res["num_real"] == 7
+
+
+def test_split_groups_and_clip_sums_match_the_whole_set(folders):
+    """Image i is in split i % S (the last n % S images in none); CLIPScoreSums fed in batches gives torchmetrics'
+    score of every group and of all images."""
+    from fdistill.eval.t2i.evaluate import split_groups, split_indices
+    from fdistill.metrics.clip_score import CLIPScoreSums, make_clip_score
+
+    groups = split_groups(8, 3)
+    assert groups.tolist() == [0, 1, 2, 0, 1, 2, 3, 3]
+    for k, idx in enumerate(split_indices(8, 3)):
+        assert (groups[idx] == k).all()
+    assert split_groups(5, 1).tolist() == [0] * 5
+    images = torch.rand(8, *IMAGE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    captions = [PROMPTS[i] for i in range(8)]
+    metric = make_clip_score(str(folders.clip))
+    sums = CLIPScoreSums(metric, 4)
+    for start in (0, 3, 6):
+        sums.update(images[start : start + 3], captions[start : start + 3], groups[start : start + 3])
+
+    def direct(idx: list[int]) -> float:
+        metric.reset()
+        uint8 = ((images[idx] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        metric.update(list(uint8), [captions[i] for i in idx])
+        return float(metric.compute())
+
+    assert sums.score() == pytest.approx(direct(list(range(8))), rel=1e-5)
+    assert sums.score([1]) == pytest.approx(direct([1, 4]), rel=1e-5)
+
+
+def test_a_real_folder_is_read_a_batch_at_a_time_and_a_mismatched_file_is_one_line(folders, tmp_path, capsys):
+    from fdistill.eval.t2i.inputs import load_real_images, real_image_batches
+
+    batches = list(real_image_batches(str(folders.real), 16, None, 4))
+    assert [b.shape[0] for b in batches] == [4, 2]
+    assert torch.equal(torch.cat(batches), load_real_images(str(folders.real), 16))
+    bad = tmp_path / "real_bad"
+    bad.mkdir()
+    for i, size in enumerate((16, 16, 12)):
+        Image.new("RGB", (size, size)).save(bad / f"{i}.png")
+    argv = _base_args(folders, "--skip-teacher", "--real", str(bad), "--diversity-prompts", "0", "--batch-size", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
+    assert err.startswith(f"fdistill eval-t2i: error: --real {bad}:") and "differs from the first" in err

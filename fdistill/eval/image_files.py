@@ -7,6 +7,7 @@ white, float arrays are rounded from the range they are detected in ([-1, 1], [0
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +39,36 @@ def _read_image(file: Path) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
-def load_image_folder(path: str | Path, limit: int | None = None) -> Tensor:
-    """Image files in a folder (sorted; recursive if none at the top) as uint8 (N, C, H, W), C = 1 or 3."""
+def iter_image_folder(path: str | Path, batch_size: int, limit: int | None = None) -> Iterator[Tensor]:
+    """The images of :func:`load_image_folder`, ``batch_size`` files at a time (only one batch in memory). The
+    folder is listed now (an empty one raises ``FileNotFoundError`` here); a file whose shape differs from the
+    first's raises ``ValueError`` when its batch is read."""
     path = Path(path)
     files = image_files(path)
     if not files:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_EXTS)})")
     files = files[:limit] if limit else files
-    arrays, first = [], None
-    for f in files:
-        a = _read_image(f)
-        first = first if first is not None else a.shape
-        if a.shape != first:
-            raise ValueError(f"{f}: shape {a.shape} differs from the first image's {first}; resize the folder first")
-        arrays.append(a)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def batches() -> Iterator[Tensor]:
+        first = None
+        for start in range(0, len(files), batch_size):
+            arrays = []
+            for f in files[start : start + batch_size]:
+                a = _read_image(f)
+                first = first if first is not None else a.shape
+                if a.shape != first:
+                    raise ValueError(
+                        f"{f}: shape {a.shape} differs from the first image's {first}; resize the folder first"
+                    )
+                arrays.append(a)
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return batches()
+
+
+def load_image_folder(path: str | Path, limit: int | None = None) -> Tensor:
+    """Image files in a folder (sorted; recursive if none at the top) as uint8 (N, C, H, W), C = 1 or 3."""
+    return torch.cat(list(iter_image_folder(path, 256, limit)))
 
 
 def array_to_uint8(arr: np.ndarray, what: str = "array") -> tuple[Tensor, str]:

@@ -136,25 +136,48 @@ def clip_score(
     device: str | torch.device = "cpu",
 ) -> float:
     """Mean CLIP score of images (uint8, or float in [-1, 1]; (N, 1|3, H, W)) against their captions."""
-    return clip_scores(images, captions, make_clip_score(model, device), [torch.arange(images.shape[0])], batch_size)[0]
-
-
-@torch.no_grad()
-def clip_scores(
-    images: Tensor, captions: Sequence[str], metric: CLIPScore, index_sets: Sequence[Tensor], batch_size: int = 64
-) -> list[float]:
-    """The CLIP score of each subset ``images[idx], captions[idx]`` for ``idx`` in ``index_sets``, with one
-    ``metric`` (:func:`make_clip_score`, reset between subsets)."""
     if len(captions) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
-    images = _to_uint8(images)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    device = metric.device
-    out = []
-    for idx in index_sets:
-        metric.reset()
-        for chunk in idx.split(batch_size):
-            metric.update(list(images[chunk].to(device)), [captions[i] for i in chunk.tolist()])
-        out.append(float(metric.compute()))
-    return out
+    sums = CLIPScoreSums(make_clip_score(model, device))
+    for start in range(0, images.shape[0], batch_size):
+        sums.update(images[start : start + batch_size], captions[start : start + batch_size])
+    return sums.score()
+
+
+class CLIPScoreSums:
+    """The CLIP score of a stream of image batches, of all images and of groups of them, one CLIP pass per image.
+
+    Each :meth:`update` adds a batch's per-group sums of ``100 cos(E_I, E_C)`` and counts, read from ``metric``'s
+    own states (torchmetrics' ``CLIPScore``: ``score``, ``n_samples``, reset per group); :meth:`score` is then
+    ``max(sum / count, 0)`` over the groups asked for, exactly what ``metric.compute()`` gives on those images.
+    """
+
+    def __init__(self, metric: CLIPScore, groups: int = 1) -> None:
+        self.metric = metric
+        self.sums = [0.0] * groups
+        self.counts = [0] * groups
+
+    @torch.no_grad()
+    def update(self, images: Tensor, captions: Sequence[str], groups: Tensor | None = None) -> None:
+        """Add images (uint8, or float in [-1, 1]; (B, 1|3, H, W)) and their captions; ``groups[i]`` is image
+        ``i``'s group (default: all in group 0)."""
+        if len(captions) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
+        images = _to_uint8(images)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        groups = torch.zeros(images.shape[0], dtype=torch.long) if groups is None else groups
+        for g in groups.unique().tolist():
+            idx = (groups == g).nonzero().flatten()
+            self.metric.reset()
+            self.metric.update(list(images[idx].to(self.metric.device)), [captions[i] for i in idx.tolist()])
+            self.sums[g] += float(self.metric.score)
+            self.counts[g] += int(self.metric.n_samples)
+
+    def score(self, groups: Sequence[int] | None = None) -> float:
+        """The CLIP score of the images of ``groups`` (default: every image added)."""
+        groups = range(len(self.sums)) if groups is None else groups
+        n = sum(self.counts[g] for g in groups)
+        if n == 0:
+            raise ValueError("no images in the groups asked for")
+        return max(sum(self.sums[g] for g in groups) / n, 0.0)

@@ -13,7 +13,7 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from fdistill.config.args import ArgumentError, OneLineArgumentParser
 from fdistill.eval.t2i.base import EvalT2ISetupError
 from fdistill.eval.t2i.evaluate import evaluate_t2i
 from fdistill.eval.t2i.generators import heun_evaluations, load_student_generator, load_teacher, teacher_generators
-from fdistill.eval.t2i.inputs import REAL_CHOICES, is_real_spec, load_real_images, select_prompts
+from fdistill.eval.t2i.inputs import REAL_CHOICES, is_real_spec, real_image_batches, select_prompts
 from fdistill.eval.t2i.table import format_table
 from fdistill.export.loading import CheckpointLoadError, one_line, pick_device
 from fdistill.metrics.clip_score import CLIPWeightsNotFound, make_clip_score
@@ -177,7 +177,7 @@ def _check_args(args: argparse.Namespace) -> tuple[torch.device, list[tuple[str 
 
 
 def _inception(
-    args: argparse.Namespace, real: torch.Tensor | None, device: torch.device
+    args: argparse.Namespace, real: Iterator[torch.Tensor] | None, device: torch.device
 ) -> tuple[InceptionFeatureExtractor | None, str | None]:
     """The TF-FID Inception for ``--inception``, or why it is skipped (printed to stderr)."""
     if not args.inception:
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         reward = PreferenceReward.from_pretrained(str(reward_path), table, scale=args.reward_scale, device=device)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise EvalT2ISetupError(f"--reward {args.reward}: {one_line(e)}") from e
-    real = load_real_images(args.real, teacher.image_size, args.real_limit)
+    real = real_image_batches(args.real, teacher.image_size, args.real_limit, args.batch_size)
     inception, inception_note = _inception(args, real, device)
 
     result = evaluate_t2i(

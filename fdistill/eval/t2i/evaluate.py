@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,10 @@ from torch import Tensor
 
 from fdistill.eval.fid_eval import beyond_noise, spread
 from fdistill.eval.t2i.base import T2IGenerator
-from fdistill.eval.t2i.generators import generate
+from fdistill.eval.t2i.generators import generate, generate_batches
 from fdistill.eval.t2i.inputs import select_prompts
 from fdistill.eval.t2i.metrics import diversity_scores, retrieval_accuracy, reward_image_features, reward_text_features
-from fdistill.metrics.clip_score import clip_scores
+from fdistill.metrics.clip_score import CLIPScoreSums
 from fdistill.metrics.fid import fid_from_features, kernel_inception_distance
 from fdistill.metrics.inception import InceptionFeatureExtractor, quantize_uint8
 from fdistill.metrics.plots import image_grid
@@ -151,13 +152,82 @@ def _save_grid(grid: str | Path, grid_rows: list[Tensor], rows: list[dict], prom
     }
 
 
+def split_groups(n: int, splits: int) -> Tensor:
+    """Image ``i``'s group for the split spreads: ``i % splits`` for the ``n // splits * splits`` images in the
+    sets of :func:`split_indices`, ``splits`` for the rest (1 split: every image in group 0)."""
+    if splits <= 1:
+        return torch.zeros(n, dtype=torch.long)
+    groups = torch.full((n,), splits, dtype=torch.long)
+    size = n // splits * splits
+    groups[:size] = torch.arange(size) % splits
+    return groups
+
+
+@dataclass
+class _Streamed:
+    """What :func:`_stream` keeps of a generator's images: features, CLIP sums and the grid images only."""
+
+    feats: Tensor
+    inception: Tensor | None
+    clip: CLIPScoreSums | None
+    grid: Tensor
+    seconds: float
+
+
+def _stream(
+    gen: T2IGenerator,
+    prompts: list[str],
+    reward: CLIPReward,
+    inception: InceptionFeatureExtractor | None,
+    clip_metric: CLIPScore | None,
+    groups: Tensor,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> _Streamed:
+    """Generate ``prompts`` batch by batch and reduce each batch to its features before the next is made, so the
+    memory is one batch of images plus the features (the published 30k-prompt protocol fits)."""
+    grid_idx = torch.tensor(_grid_indices(len(prompts)))
+    clip = CLIPScoreSums(clip_metric, int(groups.max()) + 1) if clip_metric is not None else None
+    feats, inc, grid, seconds = [], [], [], 0.0
+    for start, images, batch_seconds in generate_batches(gen, prompts, batch_size, seed, device):
+        stop = start + images.shape[0]
+        seconds += batch_seconds
+        feats.append(reward_image_features(reward, images, batch_size))
+        if inception is not None:
+            inc.append(inception.extract(quantize_uint8(images), batch_size))
+        if clip is not None:
+            clip.update(images, prompts[start:stop], groups[start:stop])
+        grid.append(images[grid_idx[(grid_idx >= start) & (grid_idx < stop)] - start])
+    return _Streamed(torch.cat(feats), torch.cat(inc) if inc else None, clip, torch.cat(grid), seconds)
+
+
+def _real_features(
+    real_images: Tensor | Iterable[Tensor],
+    reward: CLIPReward,
+    inception: InceptionFeatureExtractor | None,
+    batch_size: int,
+) -> tuple[Tensor, Tensor | None, int]:
+    """Caption-match (and Inception) features of the real images, a batch at a time, and their number."""
+    batches = real_images.split(batch_size) if isinstance(real_images, Tensor) else real_images
+    feats, inc, n = [], [], 0
+    for batch in batches:
+        feats.append(reward_image_features(reward, batch, batch_size))
+        if inception is not None:
+            inc.append(inception.extract(quantize_uint8(batch), batch_size))
+        n += batch.shape[0]
+    if n < 2:
+        raise ValueError(f"{n} real images: FD needs at least 2")
+    return torch.cat(feats), torch.cat(inc) if inc else None, n
+
+
 def evaluate_t2i(
     generators: Sequence[T2IGenerator],
     reward: CLIPReward,
     prompts: Sequence[str],
     *,
     rank_pool: Sequence[str] | None = None,
-    real_images: Tensor | None = None,
+    real_images: Tensor | Iterable[Tensor] | None = None,
     inception: InceptionFeatureExtractor | None = None,
     diversity_prompts: int = 32,
     diversity_seeds: int = 4,
@@ -172,9 +242,11 @@ def evaluate_t2i(
     """All metrics of every generator on ``prompts`` (see the module docstring); returns the JSON-ready result.
 
     ``rank_pool``: the texts R@k ranks against (default: ``prompts``; every prompt must be in it). ``real_images``:
-    ``(N, C, H, W)`` in ``[-1, 1]`` for FD (and Inception FID/KID when ``inception`` is given), ``None`` skips both.
-    ``grid``: a PNG with one row per generator and the images of 8 evenly spaced prompts. ``splits``: the number of
-    disjoint sets for the ``*_split`` spreads (1: none). ``clip_metric``: a torchmetrics ``CLIPScore``
+    ``(N, C, H, W)`` in ``[-1, 1]``, or an iterable of such batches (read once), for FD (and Inception FID/KID
+    when ``inception`` is given), ``None`` skips both. Generated images are reduced to features a batch at a time
+    (:func:`_stream`): memory holds one batch, the features and the grid. ``grid``: a PNG with one row per
+    generator and the images of 8 evenly spaced prompts. ``splits``: the number of disjoint sets for the
+    ``*_split`` spreads (1: none). ``clip_metric``: a torchmetrics ``CLIPScore``
     (:func:`fdistill.metrics.clip_score.make_clip_score`) for the ``clip_score`` column, or ``None``."""
     device = torch.device(device)
     prompts = list(prompts)
@@ -194,19 +266,20 @@ def evaluate_t2i(
     div_prompts = [prompts[i] for i in div_idx]
 
     real_feats = inc_real = None
+    num_real = 0
     if real_images is not None:
-        real_feats = reward_image_features(reward, real_images, batch_size)
-        if inception is not None:
-            inc_real = inception.extract(quantize_uint8(real_images), batch_size)
+        real_feats, inc_real, num_real = _real_features(real_images, reward, inception, batch_size)
+    groups = split_groups(len(prompts), splits)
 
     rows, grid_rows = [], []
     for gen in generators:
         log.info("eval-t2i: %s (%d prompts)", gen.name, len(prompts))
         if warmup:
             generate(gen, prompts[:1], 1, seed, device)
-        images, seconds = generate(gen, prompts, batch_size, seed, device)
-        feats = reward_image_features(reward, images, batch_size)
-        row = _row(gen, reward, feats, (pool_feats, own_text, targets), seconds)
+        inc_model = inception if inc_real is not None else None
+        out = _stream(gen, prompts, reward, inc_model, clip_metric, groups, batch_size, seed, device)
+        feats = out.feats
+        row = _row(gen, reward, feats, (pool_feats, own_text, targets), out.seconds)
         if parts:
             cos = (feats * own_text).sum(-1).double()
             row["match_split"] = spread([float(reward.scale * cos[i].mean()) for i in parts], size)
@@ -214,24 +287,22 @@ def evaluate_t2i(
             row["fd_caption_match"] = fid_from_features(feats, real_feats)
             if parts:
                 row["fd_caption_match_split"] = spread([fid_from_features(feats[i], real_feats) for i in parts], size)
-        if inc_real is not None:
-            inc = inception.extract(quantize_uint8(images), batch_size)
+        if out.inception is not None:
+            inc = out.inception
             row["inception_fid"] = fid_from_features(inc, inc_real)
             row["inception_kid_mean"], row["inception_kid_std"] = kernel_inception_distance(inc_real, inc, seed=seed)
             if parts:
                 row["inception_fid_split"] = spread([fid_from_features(inc[i], inc_real) for i in parts], size)
-        if clip_metric is not None:
-            full, *per_split = clip_scores(images, prompts, clip_metric, [torch.arange(len(prompts)), *parts],
-                                           batch_size)  # fmt: skip
-            row["clip_score"] = full
+        if out.clip is not None:
+            row["clip_score"] = out.clip.score()
             if parts:
-                row["clip_score_split"] = spread(per_split, size)
+                row["clip_score_split"] = spread([out.clip.score([k]) for k in range(splits)], size)
         if div_prompts:
             row["diversity"], row["pixel_std"] = _diversity(
                 gen, reward, div_prompts, diversity_seeds, batch_size, seed, device
             )
         rows.append(row)
-        grid_rows.append(images[_grid_indices(len(prompts))])
+        grid_rows.append(out.grid)
         log.info("eval-t2i: %s done: match %.4f R@1 %.3f %.1f ms/img", gen.name, row["match"], row["R@1"],
                  row["ms_per_image"])  # fmt: skip
 
@@ -244,7 +315,7 @@ def evaluate_t2i(
         "prompts": prompts,
         "rank_pool_size": len(pool),
         "reward_scale": reward.scale,
-        "num_real": int(real_images.shape[0]) if real_images is not None else 0,
+        "num_real": num_real,
         "diversity_prompts": div_prompts,
         "diversity_seeds": diversity_seeds if div_prompts else 0,
         "batch_size": batch_size,

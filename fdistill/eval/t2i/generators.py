@@ -6,7 +6,7 @@ Alg. 1) through :meth:`~fdistill.teachers.base.Teacher.sample` in latent space w
 ``NFE`` counts denoiser evaluations as the sampler performs them (``2 * steps - 1``: an even request runs one fewer);
 ``UNet evals`` doubles that when ``w != 1`` (both branches batched, one UNet call of 2B samples per evaluation). A
 student folder (:mod:`fdistill.export.stable_diffusion`) is the stock ``StableDiffusionPipeline`` call its
-``fdistill_export.json`` records, on the batch's noise ``z`` (NFE 1, no CFG). :func:`generate` times only
+``fdistill_export.json`` records, on the batch's noise ``z`` (NFE 1, no CFG). :func:`generate_batches` times only
 ``sample`` (UNet + VAE decoder), with CUDA synchronised around each batch.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -181,12 +181,12 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def generate(
+def generate_batches(
     gen: T2IGenerator, prompts: Sequence[str], batch_size: int, seed: int, device: torch.device
-) -> tuple[Tensor, float]:
-    """Images (CPU, clamped to ``[-1, 1]``) for ``prompts``, batch ``b`` from the noise of ``seed + b``, and the
-    seconds spent in ``gen.sample`` (CUDA synchronised)."""
-    out, seconds = [], 0.0
+) -> Iterator[tuple[int, Tensor, float]]:
+    """``(start, images, seconds)`` batch by batch: the images (CPU, clamped to ``[-1, 1]``) of
+    ``prompts[start : start + batch_size]``, batch ``b`` from the noise of ``seed + b``, and the seconds spent in
+    ``gen.sample`` (CUDA synchronised). Nothing is kept between batches, so any number of prompts fits in memory."""
     prompts = list(prompts)
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         cond = gen.encode(prompts[start : start + batch_size])
@@ -194,6 +194,14 @@ def generate(
         t0 = time.perf_counter()
         images = gen.sample(cond, seed + b)
         _sync(device)
-        seconds += time.perf_counter() - t0
-        out.append(images.float().clamp(-1, 1).cpu())
-    return torch.cat(out), seconds
+        seconds = time.perf_counter() - t0
+        yield start, images.float().clamp(-1, 1).cpu(), seconds
+
+
+def generate(
+    gen: T2IGenerator, prompts: Sequence[str], batch_size: int, seed: int, device: torch.device
+) -> tuple[Tensor, float]:
+    """All images of :func:`generate_batches` in one tensor, and the total seconds in ``gen.sample`` (for a few
+    hundred images; :func:`fdistill.eval.t2i.evaluate.evaluate_t2i` streams instead)."""
+    batches = list(generate_batches(gen, prompts, batch_size, seed, device))
+    return torch.cat([images for _, images, _ in batches]), sum(seconds for *_, seconds in batches)

@@ -7,13 +7,13 @@ the emoji set at the teacher's image size, an image folder or an ``.npz`` of ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
 from fdistill.data import load_dataset
-from fdistill.eval.image_files import load_image_folder, load_npz_images
+from fdistill.eval.image_files import iter_image_folder, load_image_folder, load_npz_images
 from fdistill.eval.t2i.base import EvalT2ISetupError
 from fdistill.export.loading import one_line
 from fdistill.teachers.latent import read_prompts
@@ -63,7 +63,28 @@ def load_real_images(spec: str, image_size: int, limit: int | None = None) -> Te
         uint8 = load_npz_images(path)[0][:limit]
     else:
         raise EvalT2ISetupError(f"--real {spec!r}: accepted {REAL_CHOICES}")
+    return _unit_rgb(uint8)
+
+
+def _unit_rgb(uint8: Tensor) -> Tensor:
     images = uint8.float() / 127.5 - 1
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
-    return images
+    return images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
+
+
+def real_image_batches(spec: str, image_size: int, limit: int | None, batch_size: int) -> Iterator[Tensor] | None:
+    """The images of :func:`load_real_images` in batches of ``batch_size``; an image folder is read a batch at a
+    time (for the 30k-image protocol), a file that does not match the first image's shape is a one-line error."""
+    path = Path(spec).expanduser()
+    if spec in ("emoji", "none") or not path.is_dir():
+        images = load_real_images(spec, image_size, limit)
+        return None if images is None else iter(images.split(batch_size))
+    files = iter_image_folder(path, batch_size, limit)
+
+    def batches() -> Iterator[Tensor]:
+        try:
+            for uint8 in files:
+                yield _unit_rgb(uint8)
+        except ValueError as e:
+            raise EvalT2ISetupError(f"--real {spec}: {one_line(e)}") from e
+
+    return batches()
