@@ -163,6 +163,21 @@ def split_groups(n: int, splits: int) -> Tensor:
     return groups
 
 
+def _add_features(
+    images: Tensor,
+    reward: CLIPReward,
+    inception: InceptionFeatureExtractor | None,
+    batch_size: int,
+    feats: list[Tensor],
+    inc: list[Tensor],
+) -> None:
+    """Append a batch's caption-match features to ``feats`` and, with ``inception``, its Inception features to
+    ``inc`` (the same reduction for generated and real images)."""
+    feats.append(reward_image_features(reward, images, batch_size))
+    if inception is not None:
+        inc.append(inception.extract(quantize_uint8(images), batch_size))
+
+
 @dataclass
 class _Streamed:
     """What :func:`_stream` keeps of a generator's images: features, CLIP sums and the grid images only."""
@@ -193,9 +208,7 @@ def _stream(
     for start, images, batch_seconds in generate_batches(gen, prompts, batch_size, seed, device):
         stop = start + images.shape[0]
         seconds += batch_seconds
-        feats.append(reward_image_features(reward, images, batch_size))
-        if inception is not None:
-            inc.append(inception.extract(quantize_uint8(images), batch_size))
+        _add_features(images, reward, inception, batch_size, feats, inc)
         if clip is not None:
             clip.update(images, prompts[start:stop], groups[start:stop])
         grid.append(images[grid_idx[(grid_idx >= start) & (grid_idx < stop)] - start])
@@ -212,9 +225,7 @@ def _real_features(
     batches = real_images.split(batch_size) if isinstance(real_images, Tensor) else real_images
     feats, inc, n = [], [], 0
     for batch in batches:
-        feats.append(reward_image_features(reward, batch, batch_size))
-        if inception is not None:
-            inc.append(inception.extract(quantize_uint8(batch), batch_size))
+        _add_features(batch, reward, inception, batch_size, feats, inc)
         n += batch.shape[0]
     if n < 2:
         raise ValueError(f"{n} real images: FD needs at least 2")
