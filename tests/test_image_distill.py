@@ -102,6 +102,29 @@ def test_init_generator_loads_an_exported_pixel_student(teacher_dir, tmp_path):
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
 
 
+def test_a_continuation_starts_from_the_exported_fake_score_and_head(teacher_dir, tmp_path):
+    """``train.export_fake`` writes the trained fake score and discriminator head beside the student (which still
+    loads as a pipeline); ``train.init_fake`` puts exactly those weights into the next run's networks, instead of the
+    teacher's weights and a fresh head; a folder without them is a one-line error naming the key."""
+    from safetensors.torch import load_file
+
+    sida = ["method.name=sid", "method.alpha=1.0", "method.gan_weight=0.01"]
+    first = Distiller(image_config(teacher_dir, tmp_path / "first", *sida, "train.export_fake=true"))
+    first.run()
+    student = tmp_path / "first" / "student"
+    OneStepPipeline.from_pretrained(student)  # the extra folders do not disturb the pipeline
+    second = Distiller(image_config(teacher_dir, tmp_path / "second", *sida, f"train.init_fake={student}"))
+    for name, trained, loaded in (("fake_score", first.fake, second.fake), ("discriminator", first.disc, second.disc)):
+        saved = load_file(str(student / name / "model.safetensors"))
+        assert saved.keys() == trained.state_dict().keys() == loaded.state_dict().keys()
+        assert all(torch.equal(saved[k], trained.state_dict()[k]) for k in saved)
+        assert all(torch.equal(saved[k], loaded.state_dict()[k]) for k in saved), name
+    teacher_net = EDMUNet.from_pretrained(teacher_dir).state_dict()
+    assert any(not torch.equal(teacher_net[k], v) for k, v in second.fake.state_dict().items()), "not the teacher's"
+    with pytest.raises(FileNotFoundError, match=r"train.init_fake=.*no fake_score/"):
+        Distiller(image_config(teacher_dir, tmp_path / "third", *sida, f"train.init_fake={tmp_path / 'first'}"))
+
+
 def test_image_run_resumes_bit_exactly(teacher_dir, tmp_path):
     from safetensors.torch import load_file
 

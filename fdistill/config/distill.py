@@ -146,6 +146,8 @@ class TrainConfig:
     max_nonfinite: int = opt(5, "consecutive non-finite steps before the run stops")
     max_minutes: float = opt(0.0, "wall-clock budget: checkpoint, evaluate and stop when spent (0 = none)")
     init_generator: str | None = opt(None, "start the generator from an exported student folder (its unet/)")
+    init_fake: str | None = opt(None, "start the fake score and head from a student folder (train.export_fake)")
+    export_fake: bool = opt(False, "also save the fake score and head in RUN/student (for train.init_fake)")
     num_eval_samples: int = opt(4096, "student samples of the evaluation")
     num_workers: int = opt(0, "data loader workers")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
@@ -427,8 +428,27 @@ class Distiller:
                 break
         bar.close()
         self.evaluate(final=True)
+        if tc.export_fake:
+            self.export_fake()
         acc.end_training()
         return self.run_dir
+
+    def export_fake(self) -> None:
+        """``train.export_fake``: the fake score and the discriminator head as safetensors beside the exported student
+        (``RUN/student/fake_score/``, ``discriminator/``), full tensors also under FSDP2 (gathered on every process),
+        so a later run continues co-adapted with ``train.init_fake`` (``networks.load_fake_weights``)."""
+        acc = self.accelerator
+        for name, net in (("fake_score", self.fake), ("discriminator", self.disc)):
+            if net is None:
+                continue
+            state = {k: full(v).detach().cpu().contiguous() for k, v in acc.unwrap_model(net).state_dict().items()}
+            if acc.is_main_process:
+                folder = self.run_dir / "student" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                save_file(state, str(folder / "model.safetensors"))
+        if acc.is_main_process:
+            head = " and discriminator head" if self.disc else ""
+            log.info("fake score%s saved in %s", head, self.run_dir / "student")
 
     def _budget_postfix(self, bar: tqdm, rate: float, spent_s: float, last_eval: dict) -> dict[str, str]:
         """Under ``train.max_minutes`` the bar's total is the step the budget will reach (not ``train.steps``), with

@@ -33,6 +33,7 @@ __all__ = [
     "Networks",
     "RealData",
     "build_networks",
+    "load_fake_weights",
     "load_generator_weights",
     "prepare_networks",
     "student_sigmas",
@@ -116,6 +117,8 @@ def build_networks(cfg: Config, teacher: Teacher, method: Method) -> Networks:
         with torch.no_grad():
             feats = source.features(probe_x, torch.ones(2), probe_c)
         disc = DiscriminatorHead.for_features(feats)
+    if cfg.train.init_fake:
+        load_fake_weights(fake, disc, cfg.train.init_fake)
     return Networks(generator, fake, disc)
 
 
@@ -138,30 +141,59 @@ def prepare_networks(acc: Accelerator, nets: Networks, tc: TrainConfig) -> tuple
     return Networks(*out), opts
 
 
-def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
-    """Load an exported student's ``unet/`` weights (a :class:`fdistill.export.pipeline.OneStepPipeline` or a stock SD
-    folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
-    from an already
-    distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
-    folder = Path(folder).expanduser()
-    files = sorted((folder / "unet").glob("*.safetensors")) if (folder / "unet").is_dir() else []
+def _read_weights(folder: Path, sub: str, key: str) -> dict[str, Tensor]:
+    """The state dict in ``folder/sub/*.safetensors``; a missing one names the config key that pointed there."""
+    files = sorted((folder / sub).glob("*.safetensors")) if (folder / sub).is_dir() else []
     if not files:
-        raise FileNotFoundError(f"train.init_generator={str(folder)!r}: no unet/*.safetensors (an exported student)")
+        raise FileNotFoundError(f"{key}={str(folder)!r}: no {sub}/*.safetensors")
     state: dict[str, Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
+    return state
+
+
+def _load_exactly(target: nn.Module, state: dict[str, Tensor], key: str, folder: Path) -> None:
+    """``target.load_state_dict(state)`` with every key and shape matched, else one :class:`ValueError` line."""
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{key}={str(folder)!r} does not match the teacher's network: {e}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{key}={str(folder)!r} does not match the teacher's network: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> None:
+    """Load an exported student's ``unet/`` weights (a :class:`fdistill.export.pipeline.OneStepPipeline` or a stock SD
+    folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
+    from an already distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
+    folder = Path(folder).expanduser()
+    try:
+        state = _read_weights(folder, "unet", "train.init_generator")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (an exported student)") from None
     net = generator.net
     # a latent student's unet/ holds the diffusers UNet (net.unet); a pixel student's the whole EDMUNet
     target = net if set(state) == set(net.state_dict()) else getattr(net, "unet", net)
     if getattr(target, "peft_config", None):
         raise ValueError("train.init_generator cannot be combined with teacher.lora_rank > 0 (fused weights)")
-    try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"train.init_generator={str(folder)!r} does not match the teacher's network: {e}") from None
-    if missing or unexpected:
-        raise ValueError(
-            f"train.init_generator={str(folder)!r} does not match the teacher's network: "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+    _load_exactly(target, state, "train.init_generator", folder)
     log.info("generator initialised from %s", folder)
+
+
+def load_fake_weights(fake: nn.Module, disc: DiscriminatorHead | None, folder: str | Path) -> None:
+    """``train.init_fake``: the fake score (and the discriminator head, when the run has one and the folder holds
+    ``discriminator/``) from a student folder written with ``train.export_fake``. A continuation then starts with
+    the fake score co-trained with that student (SiD²A restarts from the SiD run's fake score as well), not from the
+    teacher, whose ``D_q = D_p`` gives the generator no signal until the fake score has caught up."""
+    folder = Path(folder).expanduser()
+    if getattr(fake, "peft_config", None):
+        raise ValueError("train.init_fake cannot be combined with teacher.lora_rank > 0")
+    _load_exactly(fake, _read_weights(folder, "fake_score", "train.init_fake"), "train.init_fake", folder)
+    if disc is not None and (folder / "discriminator").is_dir():
+        _load_exactly(disc, _read_weights(folder, "discriminator", "train.init_fake"), "train.init_fake", folder)
+        log.info("fake score and discriminator head initialised from %s", folder)
+    else:
+        log.info("fake score initialised from %s%s", folder, "; the discriminator head starts fresh" if disc else "")
