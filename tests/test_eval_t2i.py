@@ -349,7 +349,7 @@ def test_split_groups_and_clip_sums_match_the_whole_set(folders):
     assert sums.score([1]) == pytest.approx(direct([1, 4]), rel=1e-5)
 
 
-def test_a_real_folder_is_read_a_batch_at_a_time_and_a_mismatched_file_is_one_line(folders, tmp_path, capsys):
+def test_a_real_folder_is_read_a_batch_at_a_time_and_a_bad_one_is_one_line(folders, tmp_path, capsys):
     from fdistill.eval.t2i.inputs import load_real_images, real_image_batches
 
     batches = list(real_image_batches(str(folders.real), 16, None, 4))
@@ -363,3 +363,10 @@ def test_a_real_folder_is_read_a_batch_at_a_time_and_a_mismatched_file_is_one_li
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
     assert err.startswith(f"fdistill eval-t2i: error: --real {bad}:") and "differs from the first" in err
+    one = tmp_path / "real_one"
+    one.mkdir()
+    Image.new("RGB", (16, 16)).save(one / "0.png")
+    argv = _base_args(folders, "--skip-teacher", "--real", str(one), "--diversity-prompts", "0", "--batch-size", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "fdistill eval-t2i: error: --real: 1 real image; the Fréchet distances need at least 2"

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fdistill.eval.fid_eval import beyond_noise, spread
-from fdistill.eval.t2i.base import T2IGenerator
+from fdistill.eval.t2i.base import EvalT2ISetupError, T2IGenerator
 from fdistill.eval.t2i.generators import generate, generate_batches
 from fdistill.eval.t2i.inputs import select_prompts
 from fdistill.eval.t2i.metrics import diversity_scores, retrieval_accuracy, reward_image_features, reward_text_features
@@ -228,7 +228,7 @@ def _real_features(
         _add_features(batch, reward, inception, batch_size, feats, inc)
         n += batch.shape[0]
     if n < 2:
-        raise ValueError(f"{n} real images: FD needs at least 2")
+        raise EvalT2ISetupError(f"--real: {n} real image{'' if n == 1 else 's'}; the Fréchet distances need at least 2")
     return torch.cat(feats), torch.cat(inc) if inc else None, n
 
 
