@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
@@ -61,7 +60,13 @@ from fdistill.train.ema import EMA, full
 from fdistill.train.latent_eval import evaluate_latent_run
 from fdistill.train.loop import Budget, GracefulStop, NonFiniteError, step_generator, stopped_message, truncate_metrics
 from fdistill.train.metrics_log import MetricsLog, flat_hparams
-from fdistill.train.networks import RealData, build_networks, prepare_networks, warn_ignored_method_fields
+from fdistill.train.networks import (
+    RealData,
+    build_networks,
+    prepare_networks,
+    save_fake_weights,
+    warn_ignored_method_fields,
+)
 from fdistill.train.run_eval import EvalInputs, ScorerCache, evaluate_run
 
 __all__ = ["Distiller", "NonFiniteError", "RealData", "distill", "frozen"]  # RealData: re-exported for callers
@@ -429,26 +434,9 @@ class Distiller:
         bar.close()
         self.evaluate(final=True)
         if tc.export_fake:
-            self.export_fake()
+            save_fake_weights(acc, self.fake, self.disc, self.run_dir / "student")
         acc.end_training()
         return self.run_dir
-
-    def export_fake(self) -> None:
-        """``train.export_fake``: the fake score and the discriminator head as safetensors beside the exported student
-        (``RUN/student/fake_score/``, ``discriminator/``), full tensors also under FSDP2 (gathered on every process),
-        so a later run continues co-adapted with ``train.init_fake`` (``networks.load_fake_weights``)."""
-        acc = self.accelerator
-        for name, net in (("fake_score", self.fake), ("discriminator", self.disc)):
-            if net is None:
-                continue
-            state = {k: full(v).detach().cpu().contiguous() for k, v in acc.unwrap_model(net).state_dict().items()}
-            if acc.is_main_process:
-                folder = self.run_dir / "student" / name
-                folder.mkdir(parents=True, exist_ok=True)
-                save_file(state, str(folder / "model.safetensors"))
-        if acc.is_main_process:
-            head = " and discriminator head" if self.disc else ""
-            log.info("fake score%s saved in %s", head, self.run_dir / "student")
 
     def _budget_postfix(self, bar: tqdm, rate: float, spent_s: float, last_eval: dict) -> dict[str, str]:
         """Under ``train.max_minutes`` the bar's total is the step the budget will reach (not ``train.steps``), with

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.fsdp import register_fsdp_forward_method
 
@@ -26,6 +26,7 @@ from fdistill.methods.base import Method
 from fdistill.nets.discriminator import DiscriminatorHead
 from fdistill.nets.generator import OneStepGenerator, default_student_sigmas
 from fdistill.teachers import Teacher
+from fdistill.train.ema import full
 
 log = logging.getLogger("fdistill")
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_fake_weights",
     "load_generator_weights",
     "prepare_networks",
+    "save_fake_weights",
     "student_sigmas",
     "warn_ignored_method_fields",
 ]
@@ -197,3 +199,18 @@ def load_fake_weights(fake: nn.Module, disc: DiscriminatorHead | None, folder: s
         log.info("fake score and discriminator head initialised from %s", folder)
     else:
         log.info("fake score initialised from %s%s", folder, "; the discriminator head starts fresh" if disc else "")
+
+
+def save_fake_weights(acc: Accelerator, fake: nn.Module, disc: nn.Module | None, folder: Path) -> None:
+    """``train.export_fake``: the fake score and the discriminator head as ``folder/fake_score/`` and
+    ``folder/discriminator/`` safetensors (full tensors also under FSDP2: gathered on every process, written by the
+    main one), for :func:`load_fake_weights` in a later run."""
+    for name, net in (("fake_score", fake), ("discriminator", disc)):
+        if net is None:
+            continue
+        state = {k: full(v).detach().cpu().contiguous() for k, v in acc.unwrap_model(net).state_dict().items()}
+        if acc.is_main_process:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            save_file(state, str(folder / name / "model.safetensors"))
+    if acc.is_main_process:
+        log.info("fake score%s saved in %s", " and discriminator head" if disc is not None else "", folder)
