@@ -191,8 +191,6 @@ def load_fake_weights(fake: nn.Module, disc: DiscriminatorHead | None, folder: s
     the fake score co-trained with that student (SiD²A restarts from the SiD run's fake score as well), not from the
     teacher, whose ``D_q = D_p`` gives the generator no signal until the fake score has caught up."""
     folder = Path(folder).expanduser()
-    if getattr(fake, "peft_config", None):
-        raise ValueError("train.init_fake cannot be combined with teacher.lora_rank > 0")
     _load_exactly(fake, _read_weights(folder, "fake_score", "train.init_fake"), "train.init_fake", folder)
     if disc is not None and (folder / "discriminator").is_dir():
         _load_exactly(disc, _read_weights(folder, "discriminator", "train.init_fake"), "train.init_fake", folder)
