@@ -143,11 +143,12 @@ def prepare_networks(acc: Accelerator, nets: Networks, tc: TrainConfig) -> tuple
     return Networks(*out), opts
 
 
-def _read_weights(folder: Path, sub: str, key: str) -> dict[str, Tensor]:
-    """The state dict in ``folder/sub/*.safetensors``; a missing one names the config key that pointed there."""
+def _read_weights(folder: Path, sub: str, key: str, hint: str) -> dict[str, Tensor]:
+    """The state dict in ``folder/sub/*.safetensors``; a missing one names the config key that pointed there and
+    ``hint``, what that folder should be."""
     files = sorted((folder / sub).glob("*.safetensors")) if (folder / sub).is_dir() else []
     if not files:
-        raise FileNotFoundError(f"{key}={str(folder)!r}: no {sub}/*.safetensors")
+        raise FileNotFoundError(f"{key}={str(folder)!r}: no {sub}/*.safetensors ({hint})")
     state: dict[str, Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
@@ -172,10 +173,7 @@ def load_generator_weights(generator: OneStepGenerator, folder: str | Path) -> N
     folder of :mod:`fdistill.export.stable_diffusion`) into the generator's network: DI* and other post-training start
     from an already distilled one-step model. The network must have the same architecture (and no LoRA adapters)."""
     folder = Path(folder).expanduser()
-    try:
-        state = _read_weights(folder, "unet", "train.init_generator")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e} (an exported student)") from None
+    state = _read_weights(folder, "unet", "train.init_generator", "an exported student")
     net = generator.net
     # a latent student's unet/ holds the diffusers UNet (net.unet); a pixel student's the whole EDMUNet
     target = net if set(state) == set(net.state_dict()) else getattr(net, "unet", net)
@@ -191,9 +189,10 @@ def load_fake_weights(fake: nn.Module, disc: DiscriminatorHead | None, folder: s
     the fake score co-trained with that student (SiD²A restarts from the SiD run's fake score as well), not from the
     teacher, whose ``D_q = D_p`` gives the generator no signal until the fake score has caught up."""
     folder = Path(folder).expanduser()
-    _load_exactly(fake, _read_weights(folder, "fake_score", "train.init_fake"), "train.init_fake", folder)
+    hint = "a student exported with train.export_fake=true"
+    _load_exactly(fake, _read_weights(folder, "fake_score", "train.init_fake", hint), "train.init_fake", folder)
     if disc is not None and (folder / "discriminator").is_dir():
-        _load_exactly(disc, _read_weights(folder, "discriminator", "train.init_fake"), "train.init_fake", folder)
+        _load_exactly(disc, _read_weights(folder, "discriminator", "train.init_fake", hint), "train.init_fake", folder)
         log.info("fake score and discriminator head initialised from %s", folder)
     else:
         log.info("fake score initialised from %s%s", folder, "; the discriminator head starts fresh" if disc else "")
