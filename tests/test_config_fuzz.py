@@ -76,7 +76,7 @@ def test_random_overrides_resolve_or_fail_in_one_line(argv, capsys):
         ("train.max_minutes=nan", "train.max_minutes=nan must be >= 0"),
         ("train.grad_accum=3", "train.batch_size=256 must be a multiple of train.grad_accum=3"),
         ("network.hidden=0", "network.hidden=0 must be >= 1"),
-        ("method.sigma_params={p_mean: nan}", "method.sigma_params={'p_mean': nan} must be finite"),
+        ("method.sigma_params={p_mean: nan}", "method.sigma_params={'p_mean': nan, 'p_std': 1.2} must be finite"),
         ("method.ratio_min=30", "method.ratio_min=30.0 must be <= method.ratio_max=20.0"),
         ("teacher.stds=[nan,1,1,1,1,1,1,1]", "teacher.stds must be positive and finite"),
         ("teacher.weights=[a,1,1,1,1,1,1,1]", "teacher.weights must be a list of 8 numbers"),

@@ -66,6 +66,23 @@ def test_sigma_params_set_each_distribution(tmp_path):
     assert d.sigma_fake is d.sigma_gen and d.sigma_gen.grid_lo == 100 and isinstance(d.sigma_gen.grid_lo, int)
 
 
+@pytest.mark.parametrize("mixture", ["gmm8", "far2", "ring8w"])
+@pytest.mark.parametrize("name", ["di", "sid", "uni_instruct"])
+def test_the_mixture_preset_puts_the_lognormal_on_the_datas_scale(tmp_path, mixture, name):
+    """configs/gmm8.yaml (and the bench mixtures built on it) state their lognormal: its median sits between a third
+    of the teacher's sigma_data and sigma_data, as EDM's exp(-1.2) = 0.30 does for images' 0.5 (EDM's own values
+    put the median at 0.11-0.22 sigma_data on these mixtures)."""
+    from fdistill.bench.gmm import MIXTURES
+
+    overrides = [*MIXTURES[mixture], "train.batch_size=16", "train.num_eval_samples=64", f"output_dir={tmp_path}"]
+    d = Distiller(load_config("configs/gmm8.yaml", [*overrides, f"method.name={name}", "method.divergence=kl"]))
+    lognormal = [s for s in (d.sigma_gen, d.sigma_fake) if s.kind == "lognormal"]
+    assert lognormal, "every one of these methods trains its fake score on the lognormal"
+    for sampler in lognormal:
+        median = float(sampler(20000, torch.Generator().manual_seed(0)).median())
+        assert d.teacher.sigma_data / 3 < median < d.teacher.sigma_data, (sampler, d.teacher.sigma_data)
+
+
 def test_bad_sigma_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="sigma_params has unknown parameter.*p_meen"):
         tiny(tmp_path, "method.sigma_params={p_meen: 0.0}")
