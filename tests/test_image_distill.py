@@ -87,6 +87,41 @@ def test_sida_trains_the_discriminator_and_logs_its_gan_term(teacher_dir, tmp_pa
     assert any("method/gan_loss" in r for r in rows) and any("loss/disc" in r for r in rows)
 
 
+def test_sida_trains_its_head_on_the_dsm_terms_sigma_and_noise_weighted_like_it(teacher_dir, tmp_path, monkeypatch):
+    """SiDA's recipe (``method.disc_sigma = fake``, sid's default, ``disc_weight`` = SiDA's lsd 1): the head sees
+    the fake score's DSM sigma and noise, and its BCE enters the fake-score update as ``mean lambda(sigma) * BCE /
+    (2 numel)`` (SiDA sums the DSM error over the pixels, ours is a mean); DMD2's placement keeps its own draws."""
+    import fdistill.train.distill as distill_mod
+    from fdistill.core.noise import edm_loss_weight
+
+    d = Distiller(image_config(teacher_dir, tmp_path, "method.name=sid", "method.gan_weight=1e-4", "train.steps=2"))
+    assert (d.cfg.method.disc_sigma, d.cfg.method.disc_weight) == ("fake", 1.0)
+    dsm_draws, disc_calls = [], []
+    dsm = distill_mod.denoising_score_matching_loss
+
+    def recorded_dsm(denoise, x0, sigma, eps, sigma_data):
+        dsm_draws.append((sigma, eps))
+        return dsm(denoise, x0, sigma, eps, sigma_data)
+
+    disc_loss = d._discriminator_loss
+
+    def recorded_disc(x_g, cond, real, gen, noise):
+        loss, logs = disc_loss(x_g, cond, real, gen, noise)
+        disc_calls.append((noise, loss, logs["loss/disc"], x_g[0].numel()))
+        return loss, logs
+
+    monkeypatch.setattr(distill_mod, "denoising_score_matching_loss", recorded_dsm)
+    monkeypatch.setattr(d, "_discriminator_loss", recorded_disc)
+    d.run()
+    assert len(disc_calls) == len(dsm_draws) > 0
+    for (sigma, eps), (noise, loss, bce, numel) in zip(dsm_draws, disc_calls, strict=True):
+        assert noise[0] is sigma and noise[1] is eps
+        expected = edm_loss_weight(sigma, d.teacher.sigma_data).mean() * bce / (2 * numel)
+        torch.testing.assert_close(loss.detach(), expected.detach())
+    dmd2 = image_config(teacher_dir, tmp_path / "dmd2", "method.name=fdistill", "method.divergence=js")
+    assert (dmd2.method.disc_sigma, dmd2.method.disc_weight) == ("generator", 0.01)
+
+
 def test_init_generator_loads_an_exported_pixel_student(teacher_dir, tmp_path):
     """SiD²A starts from an exported one-step pixel student: ``train.init_generator`` puts its whole EDMUNet (the
     ``unet/`` of a OneStepPipeline) into the new generator."""

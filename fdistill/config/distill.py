@@ -28,7 +28,7 @@ from fdistill.config.schema import ConfigError, known_keys, merge_layers, opt, t
 from fdistill.core import divergences
 from fdistill.core.noise import SigmaSampler
 from fdistill.data import DATASETS
-from fdistill.methods.recipes import DISC_WEIGHT, recipe_for
+from fdistill.methods.recipes import DISC_WEIGHT, SIDA_DISC_WEIGHT, recipe_for
 from fdistill.nets.generator import check_student_sigmas
 from fdistill.teachers.gmm import GENERATOR_NETWORKS
 
@@ -91,7 +91,14 @@ class MethodConfig:
         "sid: SiDA, scaled by numel / wf like the SiD term (SiDA CIFAR-10: 1e-4)",
     )
     disc_features: str = opt("fake", "discriminator head on 'fake' score or 'teacher' encoder features")
-    disc_weight: float | None = opt(None, "disc BCE weight in the fake phase; null: 0.01 on fake features, else 1")
+    disc_sigma: str | None = opt(
+        None,
+        "where the head is trained: 'generator' (DMD2: the generator loss's sigma, BCE x disc_weight) | 'fake' "
+        "(SiDA: the fake score's DSM sigma and noise, BCE x disc_weight x mean lambda(sigma) / numel); null: recipe",
+    )
+    disc_weight: float | None = opt(
+        None, "disc BCE weight in the fake phase; null: 1 (SiDA's lsd) at disc_sigma fake, 0.01 on fake feats, else 1"
+    )
     logit_clip: float = opt(10.0, "fdistill, uni_instruct: |logit| clamp before r = exp(logit)")
     ratio_min: float = opt(0.1, "fdistill: lower clip of the density ratio r")
     ratio_max: float = opt(20.0, "fdistill: upper clip of the density ratio r")
@@ -192,6 +199,8 @@ def _validate(cfg: Config) -> None:
             f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
         )
     apply_recipe(cfg)
+    if cfg.method.disc_sigma not in ("generator", "fake"):
+        raise ConfigError(f"method.disc_sigma={cfg.method.disc_sigma!r} is not accepted; choose: generator, fake")
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name={cfg.data.name!r} is unknown; accepted: {', '.join(DATASETS)}")
     for key in ("data.image_size", "data.limit"):
@@ -329,8 +338,10 @@ def apply_recipe(cfg: Config) -> Config:
             setattr(t, key, value)
     if m.fake_sigma is None:
         m.fake_sigma = r.fake_sigma
+    if m.disc_sigma is None:
+        m.disc_sigma = r.disc_sigma
     if m.disc_weight is None and "disc_weight" in methods.get(m.name).uses:
-        m.disc_weight = DISC_WEIGHT[m.disc_features]
+        m.disc_weight = SIDA_DISC_WEIGHT if m.disc_sigma == "fake" else DISC_WEIGHT[m.disc_features]
     return cfg
 
 

@@ -12,8 +12,10 @@ trainer adds its BCE on real vs generated data to the fake-score update) and, on
 generator GAN term ``gan_weight * numel * softplus(-logit(x_t)) / wf`` added to the generator loss: scaled like
 the SiD term (a sum over the sample's ``numel`` values, divided by the same ``wf``), so the ratio of the two
 does not move with sigma or resolution. SiDA's code mixes ``0.5 lsg * L_SiD + 0.5 lsg_gan * L_GAN``; its
-CIFAR-10 recipe (``lsg 100, lsg_gan 0.01``) is ``gan_weight = 1e-4`` here. Deviation from SiDA's code: our head
-is a small conv head, not the channel mean of the bottleneck.
+CIFAR-10 recipe (``lsg 100, lsg_gan 0.01``) is ``gan_weight = 1e-4`` here. The head is trained as SiDA's
+``fakescore_discriminator_share_encoder_loss`` does (the recipe's ``method.disc_sigma = fake``): on the fake
+score's DSM sigma (EDM's lognormal) and noise, its BCE weighted like that DSM term (``lsd = 1``). Deviation from
+SiDA's code: our head is a small conv head, not the channel mean of the bottleneck.
 
 Training recipe (``methods/recipes.py``): SiD's run_sid.sh, sigma_init 2.5, Adam (0, 0.999), no clip, fake score
 on EDM's lognormal.

@@ -6,8 +6,9 @@ Per iteration (each method's recipe, fdistill/methods/recipes.py, fills the conf
    them (ALGORITHMS.md §1.3) at ``method.fake_sigma`` (DMD2/FastGen: the generator's own distribution,
    SiD: EDM's lognormal); where the method needs a density ratio or a GAN term, the discriminator is
    trained in the same phase with BCE on real vs generated samples with the real batch's labels, noised
-   with the same sigma and noise (SiDA), its loss reaching the fake-score backbone at ``disc_weight`` when
-   the head sits on fake-score features (DMD2: 1e-2).
+   with the same sigma and noise, its loss reaching the fake-score backbone at ``disc_weight`` when the head
+   sits on fake-score features: at the generator loss's sigma (DMD2: weight 1e-2) or, ``method.disc_sigma =
+   fake`` (SiDA), at the DSM term's own sigma and noise, weighted like that term.
 2. **Generator phase** (from ``train.fake_warmup_steps`` on; only the generator in train mode): ``x0 =
    G(z)``, ``sigma`` from the method's distribution, the method's per-sample loss with the teacher, the
    fake score and the discriminator frozen (parameters frozen, differentiable in their input), then clip,
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from fdistill import methods
 from fdistill.config import Config, ConfigError, apply_recipe, save_config
-from fdistill.core.noise import SigmaSampler, append_dims, denoising_score_matching_loss
+from fdistill.core.noise import SigmaSampler, append_dims, denoising_score_matching_loss, edm_loss_weight
 from fdistill.methods.base import GeneratorInputs
 from fdistill.rewards import build_reward
 from fdistill.teachers import build_teacher
@@ -239,27 +240,42 @@ class Distiller:
                 loss = loss_fake
                 logs["loss/fake"] = loss_fake.detach()
                 if self.disc is not None:
-                    loss_d, dlogs = self._discriminator_loss(x_g, cond, real, gen)
+                    at_fake = self.cfg.method.disc_sigma == "fake"  # SiDA: the DSM term's sigma and noise
+                    loss_d, dlogs = self._discriminator_loss(x_g, cond, real, gen, (sigma, eps) if at_fake else None)
                     loss = loss + self.cfg.method.disc_weight * loss_d
                     logs.update(dlogs)
                 acc.backward(loss / tc.grad_accum)
         return logs
 
-    def _discriminator_loss(self, x_g: Tensor, cond: Tensor | None, real: tuple, gen: torch.Generator):
+    def _discriminator_loss(
+        self, x_g: Tensor, cond: Tensor | None, real: tuple, gen: torch.Generator, noise: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """BCE on real vs generated samples (same labels, same sigma and eps), in one forward of the (possibly
         wrapped) head; features from the fake score reach its backbone (DMD2; under FSDP2 through its wrapper, as
-        ``features`` is a registered FSDP forward method: :func:`fdistill.train.networks.prepare_networks`)."""
+        ``features`` is a registered FSDP forward method: :func:`fdistill.train.networks.prepare_networks`).
+
+        ``noise = None`` (DMD2): fresh draws from the generator loss's sigma distribution, the batch-mean BCE.
+        ``noise = (sigma, eps)`` of the fake score's DSM term (SiDA's ``fakescore_discriminator_share_encoder_loss``):
+        the BCE weighted like that term, ``mean lambda(sigma) * mean BCE / (2 numel)`` -- SiDA sums the DSM error
+        over the pixels and adds ``lambda(sigma)`` times the batch-mean of ``(BCE_real + BCE_fake) / 2``; our DSM
+        term is a mean over the pixels, hence the ``numel``."""
         acc = self.accelerator
         (x_real, cond_real), n = real, x_g.shape[0]
-        sigma = self.sigma_gen(n, gen).to(acc.device).repeat(2)
-        eps = self._noise(x_g.shape, gen).repeat(2, *([1] * (x_g.ndim - 1)))
-        x_t = torch.cat([x_real, x_g]) + append_dims(sigma, x_g.ndim) * eps
+        if noise is None:
+            sigma, eps = self.sigma_gen(n, gen).to(acc.device), self._noise(x_g.shape, gen)
+        else:
+            sigma, eps = noise
+        sigma2, eps2 = sigma.repeat(2), eps.repeat(2, *([1] * (x_g.ndim - 1)))
+        x_t = torch.cat([x_real, x_g]) + append_dims(sigma2, x_g.ndim) * eps2
         both = None if cond is None else torch.cat([cond_real, cond])
         source = acc.unwrap_model(self.fake) if self.cfg.method.disc_features == "fake" else self.teacher
-        logits = self.disc(source.features(x_t, sigma, both), sigma)
+        logits = self.disc(source.features(x_t, sigma2, both), sigma2)
         l_real, l_fake = logits[:n], logits[n:]
-        loss = self.method.discriminator_loss(l_real, l_fake).mean()
-        return loss, {"loss/disc": loss.detach(), "disc/logit_real": l_real.mean().detach(),
+        bce = self.method.discriminator_loss(l_real, l_fake).mean()
+        loss = bce
+        if noise is not None:
+            loss = edm_loss_weight(sigma, self.teacher.sigma_data).mean() * bce / (2 * x_g[0].numel())
+        return loss, {"loss/disc": bce.detach(), "disc/logit_real": l_real.mean().detach(),
                       "disc/logit_fake": l_fake.mean().detach()}  # fmt: skip
 
     def generator_phase(self, step: int) -> dict[str, Tensor]:

@@ -44,7 +44,7 @@ __all__ = [
 
 
 #: ``method.*`` keys the trainer reads for every method
-TRAINER_METHOD_KEYS = ("name", "sigma", "sigma_params", "fake_sigma", "fake_sigma_params")
+TRAINER_METHOD_KEYS = ("name", "sigma", "sigma_params", "fake_sigma", "fake_sigma_params", "disc_sigma")
 
 
 def warn_ignored_method_fields(cfg: MethodConfig, method: Method) -> list[str]:
