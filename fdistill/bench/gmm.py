@@ -4,10 +4,10 @@ Mixtures: ``gmm8`` (configs/gmm8.yaml: 8 modes on a circle of radius 2, unequal 
 apart relative to their width, weights 0.7/0.3: mode-seeking divergences should drop the light mode); ``ring8w``
 (8 modes on a circle of radius 4, std 0.3, weights proportional to 1..8, at the budget of the independent
 reference loop: batch 512, 500 fake-score warm-up steps then 8,000 generator steps, lr 1e-3, Adam beta1 0, EMA
-0.999, 20,000 evaluation samples; the loop's plain MLP generator, ``network.generator=mlp``; SiD, SIM and DI* at
-the loop's SiD rate 5e-4). Every run uses the method's own recipe (fdistill/methods/recipes.py) for everything the
-budget does not fix. ``--reference-loop PATH`` also runs an independent minimal loop (e.g. the ``gmm_ref.py``
-yardstick) on ``ring8w`` with the same seeds, so both sides share one machine load.
+0.999, 20,000 evaluation samples; the loop's plain MLP generator, ``network.generator=mlp``; SiD, SIM, DI* and
+Uni-Instruct at the loop's SiD rate 5e-4). Every run uses the method's own recipe (fdistill/methods/recipes.py)
+for everything the budget does not fix. ``--reference-loop PATH`` also runs an independent minimal loop (e.g. the
+``gmm_ref.py`` yardstick) on ``ring8w`` with the same seeds, so both sides share one machine load.
 Finished runs are reused on a rerun (``--rerun`` starts them again).
 """
 
@@ -45,10 +45,11 @@ RING8W = [
 ]  # fmt: skip
 MIXTURES = {"gmm8": [], "far2": FAR2, "ring8w": RING8W}
 #: the independent loop's SiD generator rate ("1e-3 diverges at alpha 1.2"), given on ring8w to SiD and the methods
-#: that run on SiD's loop without a reference of their own (SIM, DI*). Uni-Instruct keeps the budget's 1e-3: at 5e-4
-#: its KL rows were worse on seeds 0 and 1 (0.025 / 0.0277 and 0.040 / 0.0311 against 0.034 / 0.0170 and 0.018 /
-#: 0.0067; bench/results/gmm_ring8w_generator_cpu.md)
-RING8W_SID_FAMILY = ("sid", "sim", "di_star")
+#: that run on SiD's loop (SIM, DI*, Uni-Instruct). Uni-Instruct at P_mean 0, 3 seeds (median [min, max]): KL
+#: 0.027 [0.013, 0.028] / 0.0175 [0.0101, 0.0200] at 5e-4 against 0.041 [0.015, 0.082] / 0.0463 [0.0152, 0.2830] at
+#: 1e-3; JS 0.033 [0.030, 0.035] / 0.0110 [0.0067, 0.0123] against 0.030 [0.015, 0.045] / 0.0129 [0.0071, 0.0190]
+#: (bench/results/gmm_ring8w_final_cpu.md, "Uni-Instruct at the SiD rate")
+RING8W_SID_FAMILY = ("sid", "sim", "di_star", "uni_instruct")
 RING8W_SID_RATE = ["train.lr_generator=5e-4"]
 
 
