@@ -254,17 +254,12 @@ class Distiller:
         wrapped) head; features from the fake score reach its backbone (DMD2; under FSDP2 through its wrapper, as
         ``features`` is a registered FSDP forward method: :func:`fdistill.train.networks.prepare_networks`).
 
-        ``noise = None`` (DMD2): fresh draws from the generator loss's sigma distribution, the batch-mean BCE.
-        ``noise = (sigma, eps)`` of the fake score's DSM term (SiDA's ``fakescore_discriminator_share_encoder_loss``):
-        the BCE weighted like that term, ``mean lambda(sigma) * mean BCE / (2 numel)`` -- SiDA sums the DSM error
-        over the pixels and adds ``lambda(sigma)`` times the batch-mean of ``(BCE_real + BCE_fake) / 2``; our DSM
-        term is a mean over the pixels, hence the ``numel``."""
+        ``noise = None`` (DMD2): fresh draws at the generator loss's sigma, the batch-mean BCE. ``noise = (sigma,
+        eps)`` of the DSM term (SiDA): the BCE weighted like that term, ``mean lambda(sigma) * BCE / (2 numel)``
+        (docs/math.md §2.3: SiDA's DSM error is a sum over the pixels, ours a mean)."""
         acc = self.accelerator
         (x_real, cond_real), n = real, x_g.shape[0]
-        if noise is None:
-            sigma, eps = self.sigma_gen(n, gen).to(acc.device), self._noise(x_g.shape, gen)
-        else:
-            sigma, eps = noise
+        sigma, eps = noise or (self.sigma_gen(n, gen).to(acc.device), self._noise(x_g.shape, gen))
         sigma2, eps2 = sigma.repeat(2), eps.repeat(2, *([1] * (x_g.ndim - 1)))
         x_t = torch.cat([x_real, x_g]) + append_dims(sigma2, x_g.ndim) * eps2
         both = None if cond is None else torch.cat([cond_real, cond])
@@ -272,9 +267,8 @@ class Distiller:
         logits = self.disc(source.features(x_t, sigma2, both), sigma2)
         l_real, l_fake = logits[:n], logits[n:]
         bce = self.method.discriminator_loss(l_real, l_fake).mean()
-        loss = bce
-        if noise is not None:
-            loss = edm_loss_weight(sigma, self.teacher.sigma_data).mean() * bce / (2 * x_g[0].numel())
+        weight = 1.0 if noise is None else edm_loss_weight(sigma, self.teacher.sigma_data).mean() / (2 * x_g[0].numel())
+        loss = weight * bce
         return loss, {"loss/disc": bce.detach(), "disc/logit_real": l_real.mean().detach(),
                       "disc/logit_fake": l_fake.mean().detach()}  # fmt: skip
 
