@@ -94,7 +94,7 @@ class MethodConfig:
     disc_sigma: str | None = opt(
         None,
         "where the head is trained: 'generator' (DMD2: the generator loss's sigma, BCE x disc_weight) | 'fake' "
-        "(SiDA: the fake score's DSM sigma and noise, BCE x disc_weight x mean lambda(sigma) / numel); null: recipe",
+        "(SiDA: the fake score's DSM sigma and noise, BCE x disc_weight x mean lambda / (2 numel)); null: recipe",
     )
     disc_weight: float | None = opt(
         None, "disc BCE weight in the fake phase; null: 1 (SiDA's lsd) at disc_sigma fake, 0.01 on fake feats, else 1"
@@ -177,6 +177,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.dtype": ("float32", "bfloat16", "float16"),
     "method.distance": ("pseudo_huber", "l2"),
     "method.disc_features": ("fake", "teacher"),
+    "method.disc_sigma": ("generator", "fake"),  # null: the method's recipe (apply_recipe)
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.generator_input": ("ve", "vp"),
     "network.generator": GENERATOR_NETWORKS,
@@ -188,7 +189,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def _validate(cfg: Config) -> None:
     for key, accepted in CHOICES.items():
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in accepted:
+        if value is not None and value not in accepted:  # only an optional (recipe-filled) key can be null
             raise ConfigError(f"{key}={value!r} is not accepted; choose one of: {', '.join(accepted)}")
     if cfg.method.name not in methods.names():
         raise ConfigError(
@@ -199,8 +200,6 @@ def _validate(cfg: Config) -> None:
             f"method.divergence={cfg.method.divergence!r} is unknown; registered: {', '.join(divergences.names())}"
         )
     apply_recipe(cfg)
-    if cfg.method.disc_sigma not in ("generator", "fake"):
-        raise ConfigError(f"method.disc_sigma={cfg.method.disc_sigma!r} is not accepted; choose: generator, fake")
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name={cfg.data.name!r} is unknown; accepted: {', '.join(DATASETS)}")
     for key in ("data.image_size", "data.limit"):

@@ -47,7 +47,7 @@ RECIPES: dict[str, Recipe] = {
 #: DMD2 #73); a head on frozen teacher features has its own optimizer, so any weight is only its scale: 1.
 DISC_WEIGHT = {"fake": 1e-2, "teacher": 1.0}
 #: SiDA's ``lsd``: with ``disc_sigma = "fake"`` the BCE is weighted like the DSM term it shares the update with
-#: (``lsd * mean lambda(sigma) * mean BCE / numel``, :meth:`fdistill.train.distill.Distiller._discriminator_loss`)
+#: (``lsd * mean lambda(sigma) * mean BCE / (2 numel)``, :meth:`fdistill.train.distill.Distiller._discriminator_loss`)
 SIDA_DISC_WEIGHT = 1.0
 
 
