@@ -85,6 +85,22 @@ def test_sida_trains_the_discriminator_and_logs_its_gan_term(teacher_dir, tmp_pa
     assert any(not torch.equal(v, head[k]) for k, v in d.disc.state_dict().items())
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("method/gan_loss" in r for r in rows) and any("loss/disc" in r for r in rows)
+    assert any("disc/bce_low_noise" in r for r in rows) and any("disc/bce_high_noise" in r for r in rows)
+
+
+def test_the_discriminator_bce_is_logged_per_noise_level(tmp_path):
+    """``disc/bce_low_noise`` / ``_high_noise``: the per-sample BCE's mean on each side of sigma_data; an empty side
+    is left out of the metrics row (not logged as 0 or ln 4)."""
+    from accelerate import Accelerator
+
+    from fdistill.train.metrics_log import MetricsLog, by_noise_level
+
+    bce, sigma = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.1, 0.2, 1.0, 2.0])
+    split = by_noise_level("disc/bce", bce, sigma, 0.5)
+    assert split["disc/bce_low_noise"].item() == 1.5 and split["disc/bce_high_noise"].item() == 3.5
+    row = MetricsLog(Accelerator(cpu=True), tmp_path).log(1, by_noise_level("disc/bce", bce, sigma, 5.0))
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["disc/bce_low_noise"] == 2.5 and logged == {"step": 1, "disc/bce_low_noise": 2.5}
 
 
 def test_sida_trains_its_head_on_the_dsm_terms_sigma_and_noise_weighted_like_it(teacher_dir, tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ from fdistill.train.checkpoint import (
 from fdistill.train.ema import EMA, full
 from fdistill.train.latent_eval import evaluate_latent_run
 from fdistill.train.loop import Budget, GracefulStop, NonFiniteError, step_generator, stopped_message, truncate_metrics
-from fdistill.train.metrics_log import MetricsLog, flat_hparams
+from fdistill.train.metrics_log import MetricsLog, by_noise_level, flat_hparams
 from fdistill.train.networks import (
     RealData,
     build_networks,
@@ -266,11 +266,12 @@ class Distiller:
         source = acc.unwrap_model(self.fake) if self.cfg.method.disc_features == "fake" else self.teacher
         logits = self.disc(source.features(x_t, sigma2, both), sigma2)
         l_real, l_fake = logits[:n], logits[n:]
-        bce = self.method.discriminator_loss(l_real, l_fake).mean()
-        weight = 1.0 if noise is None else edm_loss_weight(sigma, self.teacher.sigma_data).mean() / (2 * x_g[0].numel())
-        loss = weight * bce
-        return loss, {"loss/disc": bce.detach(), "disc/logit_real": l_real.mean().detach(),
-                      "disc/logit_fake": l_fake.mean().detach()}  # fmt: skip
+        per_sample, sd = self.method.discriminator_loss(l_real, l_fake), self.teacher.sigma_data
+        bce = per_sample.mean()
+        weight = 1.0 if noise is None else edm_loss_weight(sigma, sd).mean() / (2 * x_g[0].numel())
+        logs = {"loss/disc": bce, "disc/logit_real": l_real.mean(), "disc/logit_fake": l_fake.mean(),
+                **by_noise_level("disc/bce", per_sample, sigma, sd)}  # fmt: skip
+        return weight * bce, {k: v.detach() for k, v in logs.items()}
 
     def generator_phase(self, step: int) -> dict[str, Tensor]:
         acc, tc = self.accelerator, self.cfg.train

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from omegaconf import OmegaConf
+from torch import Tensor
 
 
 def to_float(value) -> float:
@@ -73,6 +74,16 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, **{k: v for k, v in row.items() if math.isfinite(v)}}) + "\n")
         self.accelerator.log(row, step=step)
         return row
+
+
+def by_noise_level(name: str, values: Tensor, sigma: Tensor, sigma_data: float) -> dict[str, Tensor]:
+    """The mean of per-sample ``values`` below and above ``sigma = sigma_data`` (``NAME_low_noise``,
+    ``NAME_high_noise``): a discriminator's BCE averaged over all sigmas stays near ln 4 while its low-noise half
+    separates real from generated. An empty half is NaN, which :meth:`MetricsLog.log` leaves out of the row."""
+    low = (sigma < sigma_data).to(values.dtype)
+    nan = torch.tensor(float("nan"), device=values.device)
+    mean = lambda w: (values * w).sum() / w.sum() if w.sum() > 0 else nan  # noqa: E731
+    return {f"{name}_low_noise": mean(low).detach(), f"{name}_high_noise": mean(1 - low).detach()}
 
 
 def flat_hparams(cfg: object) -> dict:
