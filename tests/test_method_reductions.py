@@ -229,17 +229,19 @@ def assert_plus_gan_term(world, with_gan, without_gan, weight: float, sida: bool
         MethodConfig(name="fdistill", divergence="rkl"),
         MethodConfig(name="uni_instruct", divergence="sf"),
         MethodConfig(name="sid", alpha=1.0),
+        MethodConfig(name="di_star", distance="pseudo_huber", alpha_rev=2.5),
     ],
-    ids=["dmd", "fdistill-js", "fdistill-rkl", "uni_instruct-sf", "sida"],
+    ids=["dmd", "fdistill-js", "fdistill-rkl", "uni_instruct-sf", "sida", "di_star-sida"],
 )
 def test_gan_term(world, cfg):
-    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator; SiDA (sid):
-    times numel / wf."""
+    """DMD2-style + gan_weight * softplus(-logit(x_t)), gradient through the frozen discriminator; SiDA (sid) and
+    DI* with SiDA's term: times numel / wf."""
     from dataclasses import replace
 
     la, ga, _, _ = world.run(replace(cfg, gan_weight=0.3))
     lb, gb, _, _ = world.run(replace(cfg, gan_weight=0.0))
-    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3, sida=cfg.name == "sid")
+    assert build(replace(cfg, gan_weight=0.3)).needs_discriminator
+    assert_plus_gan_term(world, (la, ga), (lb, gb), weight=0.3, sida=cfg.name in ("sid", "di_star"))
 
 
 def test_uni_instruct_h_normalisation_is_a_batch_constant(world):

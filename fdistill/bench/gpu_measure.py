@@ -172,7 +172,7 @@ def train_row(spec: TeacherSpec, method: str, mode: str, s: Settings) -> Row:
             def generator_step() -> None:
                 d.state.step += 1
                 logs = d.generator_phase(d.state.step)
-                finite[0] &= d._apply([d.opt_g], [d.generator], logs, "generator")
+                finite[0] &= d._apply([d.opt_g], {"generator": d.generator}, logs)
 
             def iteration() -> None:
                 d.state.step += 1

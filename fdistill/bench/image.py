@@ -112,13 +112,13 @@ def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra:
                     f"output_dir={out}", "train.fake_warmup_steps=0", *extra]  # fmt: skip
             cfg = load_config("configs/fmnist_fdistill_js.yaml", over)
             d = Distiller(cfg)
-            fake_mods = [m for m in (d.fake, d.disc) if m is not None]
+            fake_mods = {n: m for n, m in (("fake", d.fake), ("disc", d.disc)) if m is not None}
             fake_opts = [o for o in (d.opt_f, d.opt_d) if o is not None]
 
             def step() -> None:
                 d.state.step += 1
-                d._apply(fake_opts, fake_mods, d.fake_phase(d.state.step, 0), "fake")
-                d._apply([d.opt_g], [d.generator], d.generator_phase(d.state.step), "generator")
+                d._apply(fake_opts, fake_mods, d.fake_phase(d.state.step, 0))
+                d._apply([d.opt_g], {"generator": d.generator}, d.generator_phase(d.state.step))
 
             seconds = _seconds_per_call(step, iters, dev)
     return {"kind": kind, "seconds": seconds, "peak_mb": _peak_mb(dev), "base_mb": base}

@@ -82,6 +82,12 @@ def sid_weight(x0: Tensor, d_p: Tensor, normalize: bool) -> Tensor:
     return l1_normalizer(x0, d_p) if normalize else torch.ones_like(x0)
 
 
+def sida_gan_term(logit: Tensor, x0: Tensor, wf: Tensor) -> Tensor:
+    """SiDA's per-sample generator GAN term ``numel * softplus(-logit(x_t)) / wf``: scaled like the SiD term (a sum
+    over the sample's values divided by the same ``wf``), so their ratio does not move with sigma or resolution."""
+    return x0[0].numel() / wf.flatten(1)[:, 0] * F.softplus(-logit)
+
+
 @register
 class SiD(Method):
     name = "sid"
@@ -98,8 +104,6 @@ class SiD(Method):
         loss = sum_chw(diff * ((d_p - x0) - self.cfg.alpha * diff) / wf)
         logs = {"dropped": (~keep).sum().float()}
         if logit is not None:
-            gan = F.softplus(-logit)
-            numel_over_wf = x0[0].numel() / wf.flatten(1)[:, 0]
-            loss = loss + self.cfg.gan_weight * numel_over_wf * gan
-            logs["gan_loss"] = kept_mean(gan.detach(), keep)
+            loss = loss + self.cfg.gan_weight * sida_gan_term(logit, x0, wf)
+            logs["gan_loss"] = kept_mean(F.softplus(-logit).detach(), keep)
         return MethodOutput(torch.where(keep, loss, 0.0), logs)

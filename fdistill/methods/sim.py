@@ -13,12 +13,14 @@ Training recipe (``methods/recipes.py``): SIM's training code is not public; SiD
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from fdistill.core.noise import SigmaSampler, append_dims
 from fdistill.methods.base import GeneratorInputs, Method, MethodOutput, register, sum_chw
-from fdistill.methods.sid import frozen_denoisers, kept_mean, sid_weight
+from fdistill.methods.sid import frozen_denoisers, kept_mean, sid_weight, sida_gan_term
 
 
 def distance_gradient(u: Tensor, distance: str, c: float) -> Tensor:
@@ -35,15 +37,27 @@ def distance_value(u: Tensor, distance: str, c: float) -> Tensor:
     return sq if distance == "l2" else (sq + c**2).sqrt() - c
 
 
+class ScoreDivergence(NamedTuple):
+    loss: Tensor  # (B,) SIM surrogate, 0 on dropped rows
+    distance: Tensor  # (B,) detached d(u), for logging
+    keep: Tensor  # (B,) bool: the rows kept
+    gan: Tensor | None  # (B,) SiDA's GAN term on the same x_t (sid.sida_gan_term), when asked for
+
+
 def score_divergence_loss(
-    b: GeneratorInputs, distance: str, c: float, normalize: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """SIM surrogate per sample, the (detached) distance value d(u) for logging and the kept-rows mask."""
-    x0, d_p, d_q, keep, _ = frozen_denoisers(b)
+    b: GeneratorInputs, distance: str, c: float, normalize: bool, with_gan: bool = False
+) -> ScoreDivergence:
+    """SIM surrogate per sample, the (detached) distance value d(u) for logging, the kept-rows mask and, with
+    ``with_gan``, SiDA's generator GAN term through the discriminator on the same ``x_t``."""
+    x0, d_p, d_q, keep, logit = frozen_denoisers(b, with_logit=with_gan)
     s2 = append_dims(b.sigma, x0.ndim) ** 2
     u = (d_p - d_q) / s2
-    surrogate = (s2**2 / sid_weight(x0, d_p, normalize)) * distance_gradient(u, distance, c) * (d_q - x0) / s2
-    return torch.where(keep, sum_chw(surrogate), 0.0), distance_value(u.detach(), distance, c), keep
+    wf = sid_weight(x0, d_p, normalize)
+    surrogate = (s2**2 / wf) * distance_gradient(u, distance, c) * (d_q - x0) / s2
+    gan = None if logit is None else torch.where(keep, sida_gan_term(logit, x0, wf), 0.0)
+    return ScoreDivergence(
+        torch.where(keep, sum_chw(surrogate), 0.0), distance_value(u.detach(), distance, c), keep, gan
+    )
 
 
 @register
@@ -53,5 +67,5 @@ class SIM(Method):
     uses = ("distance", "huber_c", "normalize", "guidance", "sigma")
 
     def generator_loss(self, b: GeneratorInputs) -> MethodOutput:
-        loss, dist, keep = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
+        loss, dist, keep, _ = score_divergence_loss(b, self.cfg.distance, self.cfg.huber_c, self.cfg.normalize)
         return MethodOutput(loss, {"score_distance": kept_mean(dist, keep), "dropped": (~keep).sum().float()})

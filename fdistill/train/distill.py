@@ -331,17 +331,18 @@ class Distiller:
     def _finite_everywhere(self, ok: bool) -> bool:
         return not any_process(self.accelerator, not ok)[0]
 
-    def _apply(self, optimizers, modules, logs: dict, tag: str) -> bool:
-        """Clip, check finiteness on every process, step (or skip) and zero the gradients."""
+    def _apply(self, optimizers, modules: dict[str, nn.Module], logs: dict) -> bool:
+        """Clip each of ``modules`` (logged as ``grad_norm/<name>``), check finiteness on every process, step (or
+        skip) and zero the gradients."""
         acc = self.accelerator
-        ok = all(_grads_finite(acc.unwrap_model(m)) for m in modules) and all(
+        ok = all(_grads_finite(acc.unwrap_model(m)) for m in modules.values()) and all(
             torch.isfinite(v).all() for k, v in logs.items() if k.startswith("loss/")
         )
         ok = self._finite_everywhere(ok)
         if ok:
-            for m in modules:
+            for name, m in modules.items():
                 if self.cfg.train.grad_clip > 0:
-                    logs[f"grad_norm/{tag}"] = self._clip(m, self.cfg.train.grad_clip)
+                    logs[f"grad_norm/{name}"] = self._clip(m, self.cfg.train.grad_clip)
             for opt in optimizers:
                 opt.step()
         for opt in optimizers:
@@ -366,15 +367,15 @@ class Distiller:
         torch.manual_seed(step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
         logs: dict = {}
         ok = True
-        fake_mods = [m for m in (self.fake, self.disc) if m is not None]
+        fake_mods = {name: m for name, m in (("fake", self.fake), ("disc", self.disc)) if m is not None}
         fake_opts = [o for o in (self.opt_f, self.opt_d) if o is not None]
         for k in range(tc.fake_updates):
             flogs = self.fake_phase(step, k)
-            ok &= self._apply(fake_opts, fake_mods, flogs, "fake")
+            ok &= self._apply(fake_opts, fake_mods, flogs)
             logs.update(flogs)
         if step >= tc.fake_warmup_steps:
             glogs = self.generator_phase(step)
-            g_ok = self._apply([self.opt_g], [self.generator], glogs, "generator")
+            g_ok = self._apply([self.opt_g], {"generator": self.generator}, glogs)
             if g_ok:
                 self.ema.update(acc.unwrap_model(self.generator))
             ok &= g_ok
