@@ -112,8 +112,7 @@ def measure(kind: str, teacher: str, batch: int, iters: int, device: str, extra:
                     f"output_dir={out}", "train.fake_warmup_steps=0", *extra]  # fmt: skip
             cfg = load_config("configs/fmnist_fdistill_js.yaml", over)
             d = Distiller(cfg)
-            fake_mods = {n: m for n, m in (("fake", d.fake), ("disc", d.disc)) if m is not None}
-            fake_opts = [o for o in (d.opt_f, d.opt_d) if o is not None]
+            fake_mods, fake_opts = d.fake_update_parts()
 
             def step() -> None:
                 d.state.step += 1

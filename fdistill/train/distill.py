@@ -331,6 +331,11 @@ class Distiller:
     def _finite_everywhere(self, ok: bool) -> bool:
         return not any_process(self.accelerator, not ok)[0]
 
+    def fake_update_parts(self) -> tuple[dict[str, nn.Module], list]:
+        """The fake-score update's networks by log name (``fake``, and ``disc`` when a head trains) and optimizers."""
+        mods = {name: m for name, m in (("fake", self.fake), ("disc", self.disc)) if m is not None}
+        return mods, [o for o in (self.opt_f, self.opt_d) if o is not None]
+
     def _apply(self, optimizers, modules: dict[str, nn.Module], logs: dict) -> bool:
         """Clip each of ``modules`` (logged as ``grad_norm/<name>``), check finiteness on every process, step (or
         skip) and zero the gradients."""
@@ -367,8 +372,7 @@ class Distiller:
         torch.manual_seed(step_generator(self.cfg.seed, step, _GLOBAL_PHASE, acc.process_index).initial_seed())
         logs: dict = {}
         ok = True
-        fake_mods = {name: m for name, m in (("fake", self.fake), ("disc", self.disc)) if m is not None}
-        fake_opts = [o for o in (self.opt_f, self.opt_d) if o is not None]
+        fake_mods, fake_opts = self.fake_update_parts()
         for k in range(tc.fake_updates):
             flogs = self.fake_phase(step, k)
             ok &= self._apply(fake_opts, fake_mods, flogs)
