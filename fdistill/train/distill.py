@@ -33,14 +33,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from fdistill import methods
@@ -59,7 +57,16 @@ from fdistill.train.checkpoint import (
 )
 from fdistill.train.ema import EMA, full
 from fdistill.train.latent_eval import evaluate_latent_run
-from fdistill.train.loop import Budget, GracefulStop, NonFiniteError, step_generator, stopped_message, truncate_metrics
+from fdistill.train.loop import (
+    Budget,
+    GracefulStop,
+    NonFiniteError,
+    frozen,
+    grads_finite,
+    step_generator,
+    stopped_message,
+    truncate_metrics,
+)
 from fdistill.train.metrics_log import MetricsLog, by_noise_level, flat_hparams
 from fdistill.train.networks import (
     RealData,
@@ -70,33 +77,12 @@ from fdistill.train.networks import (
 )
 from fdistill.train.run_eval import EvalInputs, ScorerCache, evaluate_run
 
-__all__ = ["Distiller", "NonFiniteError", "RealData", "distill", "frozen"]  # RealData: re-exported for callers
+__all__ = ["Distiller", "NonFiniteError", "RealData", "distill"]  # RealData: re-exported for callers
 
 log = logging.getLogger("fdistill")
 
 
-@contextlib.contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Temporarily stop parameter gradients of ``modules`` (inputs stay differentiable)."""
-    saved = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
 _GLOBAL_PHASE = 1_000_000  # torch's global RNG of a step (phases: 0 generator, 1 + k the k-th fake update)
-
-
-def _grads_finite(module: nn.Module | None) -> bool:
-    """This process's gradients (its shards under FSDP: no collective) are finite."""
-    if module is None:
-        return True
-    grads = (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in module.parameters())
-    return all(torch.isfinite(g).all() for g in grads if g is not None)
 
 
 class Distiller:
@@ -340,7 +326,7 @@ class Distiller:
         """Clip each of ``modules`` (logged as ``grad_norm/<name>``), check finiteness on every process, step (or
         skip) and zero the gradients."""
         acc = self.accelerator
-        ok = all(_grads_finite(acc.unwrap_model(m)) for m in modules.values()) and all(
+        ok = all(grads_finite(acc.unwrap_model(m)) for m in modules.values()) and all(
             torch.isfinite(v).all() for k, v in logs.items() if k.startswith("loss/")
         )
         ok = self._finite_everywhere(ok)

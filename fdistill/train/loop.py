@@ -1,6 +1,6 @@
 """Plumbing every training loop shares (distill, teacher, VAE, caption-match): the one non-finite-training error,
-per-step random generators from a hash, resumable ``metrics.jsonl``, graceful SIGTERM / SIGINT and the wall-clock
-budget ``train.max_minutes``.
+per-step random generators from a hash, freezing networks and checking their gradients, resumable
+``metrics.jsonl``, graceful SIGTERM / SIGINT and the wall-clock budget ``train.max_minutes``.
 
 Determinism (docs/math.md §5): every random draw of a step comes from :func:`step_generator`, seeded by
 a hash of (seed, step, phase, micro-batch, process), so a run resumed from a checkpoint of step ``k`` replays steps
@@ -9,10 +9,14 @@ a hash of (seed, step, phase, micro-batch, process), so a run resumed from a che
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from fdistill.train.metrics_log import truncate_metrics
 from fdistill.train.signals import GracefulStop, stopped_message
@@ -21,6 +25,8 @@ __all__ = [
     "Budget",
     "GracefulStop",
     "NonFiniteError",
+    "frozen",
+    "grads_finite",
     "step_generator",
     "stopped_message",
     "truncate_metrics",
@@ -54,3 +60,24 @@ class Budget:
 
     def spent(self) -> bool:
         return self.minutes > 0 and self.elapsed_s() > 60 * self.minutes
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Temporarily stop parameter gradients of ``modules`` (inputs stay differentiable)."""
+    saved = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def grads_finite(module: nn.Module | None) -> bool:
+    """This process's gradients (its shards under FSDP: no collective) are finite."""
+    if module is None:
+        return True
+    grads = (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in module.parameters())
+    return all(torch.isfinite(g).all() for g in grads if g is not None)
