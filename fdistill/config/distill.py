@@ -144,7 +144,9 @@ class TrainConfig:
     student_sigmas: list[float] | None = opt(None, "the K decreasing levels, first = sigma_init; null = sigma_init "
                                              "then K-1 Karras-spaced levels")  # fmt: skip
     ema_decay: float = opt(0.999, "EMA decay of the exported generator")
-    grad_clip: float | None = opt(None, "max grad norm for every network; 0 = off; " + RECIPE + " (DMD2 10)")
+    grad_clip: float | None = opt(
+        None, "max grad norm for every network; 0 = off (norm still logged); " + RECIPE + " (DMD2 10)"
+    )
     mixed_precision: str = opt("no", "no | bf16 (fp16 is refused)")
     checkpoint_every: int = opt(500, "steps between checkpoints")
     keep_checkpoints: int = opt(2, "checkpoints kept (older ones are deleted)")

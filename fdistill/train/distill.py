@@ -323,17 +323,17 @@ class Distiller:
         return mods, [o for o in (self.opt_f, self.opt_d) if o is not None]
 
     def _apply(self, optimizers, modules: dict[str, nn.Module], logs: dict) -> bool:
-        """Clip each of ``modules`` (logged as ``grad_norm/<name>``), check finiteness on every process, step (or
-        skip) and zero the gradients."""
+        """Clip each of ``modules`` to ``train.grad_clip`` (0: no clipping; the norm is logged as ``grad_norm/<name>``
+        either way), check finiteness on every process, step (or skip) and zero the gradients."""
         acc = self.accelerator
         ok = all(grads_finite(acc.unwrap_model(m)) for m in modules.values()) and all(
             torch.isfinite(v).all() for k, v in logs.items() if k.startswith("loss/")
         )
         ok = self._finite_everywhere(ok)
         if ok:
+            max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")  # 0: norm only
             for name, m in modules.items():
-                if self.cfg.train.grad_clip > 0:
-                    logs[f"grad_norm/{name}"] = self._clip(m, self.cfg.train.grad_clip)
+                logs[f"grad_norm/{name}"] = self._clip(m, max_norm)
             for opt in optimizers:
                 opt.step()
         for opt in optimizers:
