@@ -4,6 +4,7 @@ reuses finished runs on a rerun."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from fdistill.bench.gmm import VARIANTS, budget_overrides, main, table
 
@@ -40,3 +41,43 @@ def test_ring8w_gives_the_sid_family_the_loops_sid_rate():
         assert not any(o.startswith("train.lr_generator=") for o in budget_overrides("gmm8", overrides))
     assert {rates[n] for n in ("sid a=1.0", "sim huber", "di_star rev=0.05", "uni kl", "uni js")} == {"5e-4"}
     assert {rates[n] for n in ("di", "dmd", "fdistill js", "fdistill rkl")} == {"1e-3"}
+
+
+def test_a_stopped_bench_kills_its_workers(tmp_path):
+    """SIGTERM to ``fdistill bench gmm`` stops its worker processes too (they used to train on, orphaned) and writes
+    no bench.json for the killed run."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "fdistill", "bench", "gmm", "--mixture", "gmm8", "--only", "di", "--steps", "100000",
+           "--set", "train.num_eval_samples=64", "--out", str(tmp_path)]  # fmt: skip
+    bench = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+
+    def workers() -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(bench.pid)], capture_output=True, text=True).stdout.split()
+        return [int(w) for w in found]
+
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "gmm8_di_s0" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (tmp_path / "gmm8_di_s0" / "metrics.jsonl").exists(), "the run never started"
+    children = workers()
+    assert children
+    try:
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=60)
+        assert bench.returncode != 0 and "workers are killed" in err
+        time.sleep(1)
+        for pid in children:
+            stat = Path(f"/proc/{pid}/stat")
+            if stat.exists():  # a zombie is dead, only not reaped
+                assert stat.read_text().split()[2] == "Z", f"worker {pid} still running"
+        assert not (tmp_path / "gmm8_di_s0" / "bench.json").exists()
+    finally:  # never leave a worker training on, whatever failed above
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -14,12 +14,15 @@ Finished runs are reused on a rerun (``--rerun`` starts them again).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -158,6 +161,30 @@ def table(results: dict[tuple[str, str, str], list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def _killing_workers_on_stop(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """SIGTERM / SIGINT of the bench kill its worker processes too (without this a killed bench left them training
+    on): the runs not started are dropped, the running ones killed (a stopped run must not write its bench.json,
+    which would mark it finished); finished runs stay in ``--out`` and a rerun of the command skips them."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        workers = list((pool._processes or {}).values())  # no public handle before Python 3.14; shutdown drops it
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.kill()
+        raise SystemExit(
+            "fdistill bench gmm: stopped; its workers are killed, finished runs kept (rerun to go on)"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fdistill bench gmm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -194,7 +221,7 @@ def main(argv: list[str]) -> int:
     results: dict[tuple[str, str, str], list[dict]] = {}
     for mixture, name, source, _, _ in jobs:
         results.setdefault((mixture, name, source), [])
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool, _killing_workers_on_stop(pool):
         futures = []
         for mixture, name, source, seed, spec in jobs:
             slug = f"{mixture}_{name.replace(' ', '_').replace('=', '')}_s{seed}"
