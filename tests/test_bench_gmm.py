@@ -3,7 +3,13 @@ reuses finished runs on a rerun."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from fdistill.bench.gmm import VARIANTS, budget_overrides, main, table
@@ -46,13 +52,6 @@ def test_ring8w_gives_the_sid_family_the_loops_sid_rate():
 def test_a_stopped_bench_kills_its_workers(tmp_path):
     """SIGTERM to ``fdistill bench gmm`` stops its worker processes too (they used to train on, orphaned) and writes
     no bench.json for the killed run."""
-    import contextlib
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     cmd = [sys.executable, "-m", "fdistill", "bench", "gmm", "--mixture", "gmm8", "--only", "di", "--steps", "100000",
            "--set", "train.num_eval_samples=64", "--out", str(tmp_path)]  # fmt: skip
     bench = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
