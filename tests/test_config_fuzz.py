@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fdistill.cli import main
-from fdistill.config import known_keys
+from fdistill.config import Config, known_keys
 
-KEYS = known_keys()
+KEYS = known_keys(Config)
 SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})
 
 unknown_keys = st.one_of(

@@ -87,12 +87,8 @@ def _instance(schema: type) -> Any:
     return schema(**required)
 
 
-def known_keys(schema: type | None = None) -> list[str]:
-    """Every dotted key of ``schema`` (default: the distillation :class:`fdistill.config.distill.Config`)."""
-    if schema is None:
-        from fdistill.config.distill import Config  # lazy: distill.py imports this module
-
-        schema = Config
+def known_keys(schema: type) -> list[str]:
+    """Every dotted key of the config dataclass ``schema``."""
     return _keys(_instance(schema))
 
 
