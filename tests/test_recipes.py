@@ -34,7 +34,7 @@ def test_recipe_fills_the_null_keys(tmp_path, name):
     t = cfg.train
     assert (t.sigma_init, (t.adam_beta1, t.adam_beta2), t.weight_decay, t.grad_clip) == (
         r.sigma_init, r.adam_betas, r.weight_decay, r.grad_clip)  # fmt: skip
-    assert cfg.method.fake_sigma == r.fake_sigma
+    assert (cfg.method.fake_sigma, cfg.method.disc_sigma) == (r.fake_sigma, r.disc_sigma)
     assert tiny(tmp_path, f"method.name={name}", "train.sigma_init=3.0", "train.grad_clip=0").train.sigma_init == 3.0
 
 

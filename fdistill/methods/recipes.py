@@ -33,13 +33,8 @@ RECIPES: dict[str, Recipe] = {
     "fdistill": replace(_DMD2, reference="f-distill (NVlabs/FastGen configs/methods/config_f_distill.py)"),
     "sid": _SID,
     "sim": replace(_SID, reference="SIM: no public training code; SiD's loop"),
-    # deviation: Uni-Instruct's fsim_loss.py trains the head as SiDA does ("fake"); its ring8w bench numbers were
-    # measured with DMD2's placement and are not yet rerun with SiDA's
-    "uni_instruct": replace(
-        _SID,
-        reference="Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, SiDA fork)",
-        disc_sigma="generator",
-    ),
+    # its fsim_loss.py trains the head as SiDA does (disc_sigma "fake", SiD's)
+    "uni_instruct": replace(_SID, reference="Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, SiDA fork)"),
     "di_star": replace(_SID, reference="Diff-Instruct*: no public training code; SIM's (= SiD's) loop"),
 }
 

@@ -15,7 +15,7 @@ discriminator) are dropped exactly (:func:`fdistill.methods.sid.frozen_denoisers
 batch-mean "ratio" is not reproduced (see docs/math.md §2.7 caveat).
 
 Training recipe (``methods/recipes.py``): the released SiDA fork's, sigma_init 2.5, Adam (0, 0.999), no clip, fake
-score on EDM's lognormal.
+score on EDM's lognormal, the discriminator head trained in the fake-score update on its sigma and noise (SiDA's).
 """
 
 from __future__ import annotations
