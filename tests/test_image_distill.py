@@ -112,14 +112,20 @@ def test_the_discriminator_bce_is_logged_per_noise_level(tmp_path):
     assert row["disc/bce_low_noise"] == 2.5 and logged == {"step": 1, "disc/bce_low_noise": 2.5}
 
 
-def test_sida_trains_its_head_on_the_dsm_terms_sigma_and_noise_weighted_like_it(teacher_dir, tmp_path, monkeypatch):
-    """SiDA's recipe (``method.disc_sigma = fake``, sid's default, ``disc_weight`` = SiDA's lsd 1): the head sees
-    the fake score's DSM sigma and noise, and its BCE enters the fake-score update as ``mean lambda(sigma) * BCE /
-    (2 numel)`` (SiDA sums the DSM error over the pixels, ours is a mean); DMD2's placement keeps its own draws."""
+@pytest.mark.parametrize(
+    "method", [("method.name=sid", "method.gan_weight=1e-4"), ("method.name=uni_instruct", "method.divergence=js")]
+)
+def test_sida_trains_its_head_on_the_dsm_terms_sigma_and_noise_weighted_like_it(
+    teacher_dir, tmp_path, monkeypatch, method
+):
+    """SiDA's recipe (``method.disc_sigma = fake``, the default of sid and of Uni-Instruct, whose code is a SiDA
+    fork; ``disc_weight`` = SiDA's lsd 1): the head sees the fake score's DSM sigma and noise, and its BCE enters the
+    fake-score update as ``mean lambda(sigma) * BCE / (2 numel)`` (SiDA sums the DSM error over the pixels, ours is
+    a mean); DMD2's placement keeps its own draws."""
     import fdistill.train.distill as distill_mod
     from fdistill.core.noise import edm_loss_weight
 
-    d = Distiller(image_config(teacher_dir, tmp_path, "method.name=sid", "method.gan_weight=1e-4", "train.steps=2"))
+    d = Distiller(image_config(teacher_dir, tmp_path, *method, "train.steps=2"))
     assert (d.cfg.method.disc_sigma, d.cfg.method.disc_weight) == ("fake", 1.0)
     dsm_draws, disc_calls = [], []
     dsm = distill_mod.denoising_score_matching_loss
