@@ -33,7 +33,8 @@ RECIPES: dict[str, Recipe] = {
     "fdistill": replace(_DMD2, reference="f-distill (NVlabs/FastGen configs/methods/config_f_distill.py)"),
     "sid": _SID,
     "sim": replace(_SID, reference="SIM: no public training code; SiD's loop"),
-    # its fsim_loss.py trains the head as SiDA does (disc_sigma "fake", SiD's)
+    # its fsim_loss.py trains the head as SiDA does (disc_sigma "fake", SiD's); on ring8w DMD2's placement gave
+    # better JS numbers (bench/results/gmm_ring8w_final_cpu.md, last section)
     "uni_instruct": replace(_SID, reference="Uni-Instruct (a-little-hoof/Uni_Instruct run_uni_instruct.sh, SiDA fork)"),
     "di_star": replace(_SID, reference="Diff-Instruct*: no public training code; SIM's (= SiD's) loop"),
 }
